@@ -1,0 +1,647 @@
+//! Settings: what every stage of the flow reads, loaded once at start-up.
+//!
+//! Layers, lowest first: the built-in defaults in this file ← `config/default.toml` (if present
+//! in the working directory) ← `--config FILE` ← environment `SPARKIFY_<SECTION>__<KEY>` ←
+//! `--set section.key=value` on the command line. Unknown keys and bad values are refused with
+//! a message that names the key and the expected form, before any work starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix override settings (`SPARKIFY_EMBEDDED__PATH`).
+pub const ENV_PREFIX: &str = "SPARKIFY";
+/// The shipped defaults file, read from the working directory when it exists.
+pub const DEFAULT_FILE: &str = "config/default.toml";
+
+/// A configuration problem found before anything ran.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file, variable or override could not be read or did not match the settings.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value was read but is outside what the setting accepts.
+    #[error("configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+    /// A `--set` argument was not `section.key=value`.
+    #[error("configuration: `--set {0}` is not of the form section.key=value")]
+    BadOverride(String),
+}
+
+/// A setting with a fixed set of values, read from and written as its lowercase name, whose
+/// error names every accepted value.
+macro_rules! choice {
+    (pub enum $name:ident (default $default:ident) {
+        $( $(#[$doc:meta])* $variant:ident = $text:literal, )+
+    }) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $( $(#[$doc])* $variant, )+ }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::$default
+            }
+        }
+
+        impl $name {
+            /// Every accepted value.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $( $name::$variant => $text, )+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $( $text => Ok($name::$variant), )+
+                    other => Err(format!(
+                        "{other:?} is not one of: {}",
+                        Self::NAMES.join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// Every setting of the program.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Which store receives the tables.
+    pub store: StoreSettings,
+    /// The embedded SQLite store (used when `store.kind = "embedded"`).
+    pub embedded: EmbeddedSettings,
+    /// The Cassandra / ScyllaDB cluster (used when `store.kind = "cassandra"`).
+    pub cassandra: CassandraSettings,
+    /// Where rejected rows are written.
+    pub rejects: RejectsSettings,
+    /// How input files are parsed.
+    pub extract: ExtractSettings,
+    /// How parsed values are cleaned.
+    pub transform: TransformSettings,
+    /// Concurrency and memory bounds of the pipeline.
+    pub pipeline: PipelineSettings,
+    /// The watched folder (`sparkify run`).
+    pub watch: WatchSettings,
+    /// Logs, metrics and health endpoints.
+    pub telemetry: TelemetrySettings,
+}
+
+choice! {
+    pub enum StoreKind (default Embedded) {
+        /// A local SQLite file with the same three tables; no server needed.
+        Embedded = "embedded",
+        /// An Apache Cassandra or ScyllaDB cluster through the `scylla` driver.
+        Cassandra = "cassandra",
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `embedded` (default) or `cassandra`.
+    pub kind: StoreKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedSettings {
+    /// The SQLite database file; created with its tables on first use.
+    pub path: PathBuf,
+    /// Plays written per transaction at most. Large transactions sorted by key are what make
+    /// SQLite fast; the writer commits sooner whenever its queue runs dry, so a lone small file
+    /// is never held back waiting for more.
+    pub transaction_rows: usize,
+    /// How long a writer waits for a lock held by another process (a reader such as `sqlite3`).
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for EmbeddedSettings {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("sparkify.db"),
+            transaction_rows: 100_000,
+            busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+choice! {
+    pub enum Compression (default None) {
+        None = "none",
+        Lz4 = "lz4",
+        Snappy = "snappy",
+    }
+}
+
+choice! {
+    pub enum ReplicationStrategy (default SimpleStrategy) {
+        /// One replication factor for the whole cluster: development and single-DC clusters.
+        SimpleStrategy = "SimpleStrategy",
+        /// A replication factor per datacenter: what production clusters use.
+        NetworkTopologyStrategy = "NetworkTopologyStrategy",
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CassandraSettings {
+    /// Contact points, `host:port`. The driver discovers the rest of the cluster from them.
+    pub nodes: Vec<String>,
+    /// Keyspace holding the three tables and the ledger.
+    pub keyspace: String,
+    /// Datacenter to prefer (DC-aware load balancing); empty means no preference.
+    pub local_dc: String,
+    /// Consistency of writes and reads: LOCAL_QUORUM survives one replica down with RF 3.
+    pub consistency: String,
+    /// How long one request may take before the driver gives up on it.
+    pub request_timeout_ms: u64,
+    /// How long to wait for a TCP connection to a node.
+    pub connect_timeout_ms: u64,
+    /// Username for password authentication; empty disables authentication.
+    pub username: String,
+    /// Password for `username`. Prefer `password_file` or the environment over this file.
+    pub password: String,
+    /// A file whose first line is the password (Kubernetes secrets, systemd credentials).
+    pub password_file: String,
+    /// Frame compression: `none`, `lz4` or `snappy`.
+    pub compression: Compression,
+    /// TLS to the nodes.
+    pub tls: TlsSettings,
+    /// Create the keyspace and tables when absent. When false, start-up checks that they exist
+    /// with the expected columns and keys and refuses to start otherwise.
+    pub create_schema: bool,
+    /// Replication class used when the keyspace is created.
+    pub replication_strategy: ReplicationStrategy,
+    /// Replication factor for `SimpleStrategy`.
+    pub replication_factor: u32,
+    /// Replication factor per datacenter for `NetworkTopologyStrategy`, e.g. `{ dc1 = 3 }`.
+    pub datacenters: BTreeMap<String, u32>,
+    /// Let the driver read schema metadata. Some emulators cannot serve it.
+    pub fetch_schema_metadata: bool,
+    /// Refresh metadata after DDL when waiting for schema agreement. Some emulators cannot.
+    pub refresh_metadata_after_ddl: bool,
+    /// Requests outstanding at most, shared by every writer. Bounds memory on the cluster side
+    /// and in the driver; 256 keeps a few nodes busy without queueing on the coordinator.
+    pub max_in_flight: usize,
+    /// Rows of one partition sent as one UNLOGGED batch at most.
+    pub max_batch_rows: usize,
+    /// First delay before retrying a failed request; doubles each attempt.
+    pub retry_initial_ms: u64,
+    /// Cap on the delay between retries; retries of idempotent writes go on until they succeed.
+    pub retry_max_ms: u64,
+}
+
+impl Default for CassandraSettings {
+    fn default() -> Self {
+        Self {
+            nodes: vec!["127.0.0.1:9042".to_string()],
+            keyspace: "sparkify".to_string(),
+            local_dc: String::new(),
+            consistency: "LOCAL_QUORUM".to_string(),
+            request_timeout_ms: 12_000,
+            connect_timeout_ms: 5_000,
+            username: String::new(),
+            password: String::new(),
+            password_file: String::new(),
+            compression: Compression::None,
+            tls: TlsSettings::default(),
+            create_schema: true,
+            replication_strategy: ReplicationStrategy::SimpleStrategy,
+            replication_factor: 1,
+            datacenters: BTreeMap::new(),
+            fetch_schema_metadata: true,
+            refresh_metadata_after_ddl: true,
+            max_in_flight: 256,
+            max_batch_rows: 100,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// Connect with TLS.
+    pub enabled: bool,
+    /// PEM file of the CA that signed the nodes' certificates; empty uses the system roots.
+    pub ca_file: String,
+    /// PEM client certificate for mutual TLS; empty for none.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RejectsSettings {
+    /// Folder for `<file name>.rejects.csv`, one per input file that had rejected rows.
+    pub dir: PathBuf,
+}
+
+impl Default for RejectsSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("rejects"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractSettings {
+    /// A record longer than this is rejected. Real rows are under 1 KiB; this bounds the memory
+    /// one broken row (an unclosed quote, binary junk) can take.
+    pub max_record_bytes: usize,
+    /// Read buffer per open file. Large buffers let the CSV parser run at full speed.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for ExtractSettings {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 64 * 1024,
+            read_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformSettings {
+    /// Turn text that was UTF-8-encoded twice or more back into what was meant, when the
+    /// repair is unambiguous (`BjÃƒÂ¶rk` → `Björk`). False keeps text byte for byte.
+    pub repair_mojibake: bool,
+}
+
+impl Default for TransformSettings {
+    fn default() -> Self {
+        Self {
+            repair_mojibake: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Files parsed at the same time. Parsing is cheap next to writing; two keep the writers fed.
+    pub readers: usize,
+    /// Writer tasks. The embedded store always writes through one (SQLite has one writer);
+    /// for Cassandra each writer sends its chunk's requests concurrently.
+    pub writers: usize,
+    /// Song plays per chunk handed from a reader to the writers.
+    pub chunk_rows: usize,
+    /// Files waiting to be read at most. The watcher waits when this is full.
+    pub file_queue: usize,
+    /// Chunks waiting to be written at most. Readers wait when this is full, so memory stays
+    /// at about `chunk_queue × chunk_rows` plays whatever the size or number of files.
+    pub chunk_queue: usize,
+    /// On SIGTERM/SIGINT, how long in-flight chunks may take to finish before exiting anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            readers: 2,
+            writers: 4,
+            chunk_rows: 2_048,
+            file_queue: 64,
+            chunk_queue: 32,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+choice! {
+    pub enum WatchMode (default Events) {
+        /// Kernel file events (inotify): instant, for local disks.
+        Events = "events",
+        /// Periodic polling: for NFS/SMB mounts, where kernel events do not arrive.
+        Poll = "poll",
+    }
+}
+
+choice! {
+    pub enum AfterIngest (default Keep) {
+        /// Leave loaded files where they are (the ledger remembers them).
+        Keep = "keep",
+        /// Move loaded files to `done_dir`.
+        Move = "move",
+        /// Delete loaded files.
+        Delete = "delete",
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchSettings {
+    /// The folder other programs drop event files into.
+    pub dir: PathBuf,
+    /// File names to take (glob on the name, not the path).
+    pub pattern: String,
+    /// Also watch subfolders.
+    pub recursive: bool,
+    /// `events` (inotify) or `poll` (for network filesystems).
+    pub mode: WatchMode,
+    /// How often the poll backend looks at the folder.
+    pub poll_interval_ms: u64,
+    /// A file whose size and modification time have not changed for this long is complete,
+    /// for writers that never close it in view of the watcher (poll mode, network copies).
+    pub settle_ms: u64,
+    /// Full rescan period: the safety net for lost OS events (queue overflow, NFS).
+    pub rescan_secs: u64,
+    /// What to do with a loaded file: `keep`, `move` (to `done_dir`) or `delete`.
+    pub after_ingest: AfterIngest,
+    /// Where loaded files go with `after_ingest = "move"`.
+    pub done_dir: PathBuf,
+    /// Where files that failed as a whole go (missing columns, unreadable); empty keeps them.
+    pub failed_dir: PathBuf,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("event_data"),
+            pattern: "*.csv".to_string(),
+            recursive: true,
+            mode: WatchMode::Events,
+            poll_interval_ms: 1_000,
+            settle_ms: 2_000,
+            rescan_secs: 60,
+            after_ingest: AfterIngest::Keep,
+            done_dir: PathBuf::from("done"),
+            failed_dir: PathBuf::new(),
+        }
+    }
+}
+
+choice! {
+    pub enum LogFormat (default Auto) {
+        /// Text on a terminal, JSON otherwise.
+        Auto = "auto",
+        /// Human-readable lines.
+        Text = "text",
+        /// One JSON object per line, for log collectors.
+        Json = "json",
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// `auto`, `text` or `json`.
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `sparkify=debug`, ...). `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoint; empty disables it.
+    pub http_addr: String,
+    /// How often the daemon checks that the store answers, so `/readyz` shows an outage even
+    /// when no file is being loaded.
+    pub readiness_probe_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Auto,
+            log_level: "info".to_string(),
+            http_addr: "127.0.0.1:9108".to_string(),
+            readiness_probe_ms: 2_000,
+        }
+    }
+}
+
+/// Where the settings come from, besides the built-in defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config FILE`.
+    pub file: Option<PathBuf>,
+    /// `--set key=value` pairs, highest precedence.
+    pub overrides: Vec<String>,
+    /// Environment to read instead of the process's (tests).
+    pub env: Option<BTreeMap<String, String>>,
+    /// Skip `config/default.toml` in the working directory.
+    pub skip_default_file: bool,
+}
+
+impl Settings {
+    /// Loads and checks the settings from every layer.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let defaults = config::Config::try_from(&Settings::default())?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if !sources.skip_default_file && Path::new(DEFAULT_FILE).is_file() {
+            builder = builder.add_source(config::File::with_name(DEFAULT_FILE));
+        }
+        if let Some(file) = &sources.file {
+            builder = builder.add_source(
+                config::File::from(file.as_path())
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let mut env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("cassandra.nodes")
+            .try_parsing(true);
+        if let Some(vars) = &sources.env {
+            env = env.source(Some(vars.clone().into_iter().collect()));
+        }
+        builder = builder.add_source(env);
+        for pair in &sources.overrides {
+            let (key, value) = pair
+                .split_once('=')
+                .filter(|(k, _)| k.contains('.'))
+                .ok_or_else(|| ConfigError::BadOverride(pair.clone()))?;
+            builder = builder.set_override(key.trim(), value.trim())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that deserialize fine but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn at_least(key: &'static str, value: usize, min: usize) -> Result<(), ConfigError> {
+            if value < min {
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("is {value}; expected an integer of at least {min}"),
+                });
+            }
+            Ok(())
+        }
+        at_least("pipeline.readers", self.pipeline.readers, 1)?;
+        at_least("pipeline.writers", self.pipeline.writers, 1)?;
+        at_least("pipeline.chunk_rows", self.pipeline.chunk_rows, 1)?;
+        at_least("pipeline.file_queue", self.pipeline.file_queue, 1)?;
+        at_least("pipeline.chunk_queue", self.pipeline.chunk_queue, 1)?;
+        at_least("embedded.transaction_rows", self.embedded.transaction_rows, 1)?;
+        at_least("extract.max_record_bytes", self.extract.max_record_bytes, 256)?;
+        at_least("extract.read_buffer_bytes", self.extract.read_buffer_bytes, 4096)?;
+        at_least("cassandra.max_in_flight", self.cassandra.max_in_flight, 1)?;
+        at_least("cassandra.max_batch_rows", self.cassandra.max_batch_rows, 1)?;
+        if self.store.kind == StoreKind::Cassandra && self.cassandra.nodes.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "cassandra.nodes",
+                problem: "is empty; expected at least one host:port".into(),
+            });
+        }
+        crate::store::cassandra::parse_consistency(&self.cassandra.consistency).map_err(
+            |problem| ConfigError::Invalid {
+                key: "cassandra.consistency",
+                problem,
+            },
+        )?;
+        if self.cassandra.replication_strategy == ReplicationStrategy::NetworkTopologyStrategy
+            && self.cassandra.datacenters.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "cassandra.datacenters",
+                problem: "is empty; NetworkTopologyStrategy needs a factor per datacenter, \
+                          e.g. { dc1 = 3 }"
+                    .into(),
+            });
+        }
+        if !self.cassandra.password.is_empty() && !self.cassandra.password_file.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "cassandra.password_file",
+                problem: "is set together with cassandra.password; expected only one of them"
+                    .into(),
+            });
+        }
+        if globset::Glob::new(&self.watch.pattern).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "watch.pattern",
+                problem: format!("is {:?}; expected a file-name glob such as *.csv", self.watch.pattern),
+            });
+        }
+        if self.watch.after_ingest == AfterIngest::Move && self.watch.done_dir.as_os_str().is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "watch.done_dir",
+                problem: "is empty; after_ingest = \"move\" needs a folder".into(),
+            });
+        }
+        if !self.telemetry.http_addr.is_empty()
+            && self.telemetry.http_addr.parse::<SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "telemetry.http_addr",
+                problem: format!(
+                    "is {:?}; expected ip:port such as 127.0.0.1:9108, or empty to disable",
+                    self.telemetry.http_addr
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML, with secrets masked (`sparkify config show`).
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.cassandra.password.is_empty() {
+            shown.cassandra.password = "********".into();
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)], overrides: &[&str]) -> Result<Settings, ConfigError> {
+        Settings::load(&Sources {
+            file: None,
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            skip_default_file: true,
+        })
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let s = load(
+            &[
+                ("SPARKIFY_EMBEDDED__PATH", "/tmp/x.db"),
+                ("SPARKIFY_PIPELINE__READERS", "3"),
+                ("SPARKIFY_CASSANDRA__NODES", "a:9042,b:9042"),
+                ("SPARKIFY_TRANSFORM__REPAIR_MOJIBAKE", "false"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.embedded.path, PathBuf::from("/tmp/x.db"));
+        assert_eq!(s.pipeline.readers, 3);
+        assert_eq!(s.cassandra.nodes, vec!["a:9042", "b:9042"]);
+        assert!(!s.transform.repair_mojibake);
+    }
+
+    #[test]
+    fn set_overrides_win_over_environment() {
+        let s = load(
+            &[("SPARKIFY_PIPELINE__READERS", "3")],
+            &["pipeline.readers=5"],
+        )
+        .unwrap();
+        assert_eq!(s.pipeline.readers, 5);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(&[("SPARKIFY_EMBEDDED__PAHT", "x")], &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("paht"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_form() {
+        let err = load(&[("SPARKIFY_PIPELINE__READERS", "many")], &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("pipeline.readers"), "{msg}");
+        let err = load(&[], &["pipeline.readers=0"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration: `pipeline.readers` is 0; expected an integer of at least 1"
+        );
+        let err = load(&[], &["store.kind=postgres"]).unwrap_err();
+        assert!(err.to_string().contains("embedded"), "{err}");
+    }
+
+    #[test]
+    fn masked_output_hides_password() {
+        let mut s = Settings::default();
+        s.cassandra.password = "hunter2".into();
+        let shown = s.to_masked_toml();
+        assert!(!shown.contains("hunter2"));
+        assert!(shown.contains("********"));
+    }
+}

@@ -1,0 +1,668 @@
+//! Extract: stream one event CSV file and turn its rows into validated song plays.
+//!
+//! Sits between discovery (a file job from `watch` or the `ingest` command) and the writers.
+//! The file is never loaded whole: `csv_async` parses it through a fixed-size buffer and each
+//! record is looked at once. Columns are found by header name (case, surrounding spaces and a
+//! UTF-8 BOM do not matter; order and extra columns do not either). Every record ends up as
+//! exactly one of: a song play, a skipped non-song event, or a [`Reject`] with its line, column,
+//! value and reason. Only a file-level problem (unreadable, no header, missing columns) stops
+//! the file.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use csv_async::{AsyncReaderBuilder, ByteRecord};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Columns a file must have, as they are spelled in the real logs.
+pub const REQUIRED_COLUMNS: [&str; 8] = [
+    "artist",
+    "song",
+    "length",
+    "sessionId",
+    "itemInSession",
+    "userId",
+    "firstName",
+    "lastName",
+];
+
+/// The page value of a song play.
+pub const SONG_PAGE: &str = "NextSong";
+
+/// One validated song play: everything the three tables need, plus the profile columns the
+/// analysts' combined CSV (`sparkify extract`) shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SongPlay {
+    pub session_id: i32,
+    pub item_in_session: i32,
+    pub user_id: i32,
+    pub artist: String,
+    pub song: String,
+    pub length: f64,
+    pub first_name: String,
+    pub last_name: String,
+    /// Only filled when [`ExtractOptions::keep_profile`] is set.
+    pub profile: Option<Box<Profile>>,
+}
+
+/// Columns kept only for the combined CSV.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub gender: String,
+    pub level: String,
+    pub location: String,
+}
+
+/// A song play that could not be loaded, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    /// Line of the file where the record starts (the header is line 1).
+    pub line: u64,
+    /// The column at fault, as the header spells it; empty when the record as a whole is bad.
+    pub column: String,
+    /// The offending value (shortened when long).
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+    /// The record's original fields, for the rejects file.
+    pub fields: Vec<String>,
+}
+
+/// What one record turned out to be.
+#[derive(Debug)]
+pub enum Item {
+    Play(SongPlay),
+    Reject(Reject),
+}
+
+/// Counts for one file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtractCounts {
+    /// Records after the header.
+    pub rows: u64,
+    /// Valid song plays.
+    pub plays: u64,
+    /// Events that are not song plays (Home, Login, ...).
+    pub skipped: u64,
+    /// Song plays that could not be loaded.
+    pub rejected: u64,
+}
+
+/// A problem with a file as a whole: nothing of it is loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be opened or read.
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// The file has no header line.
+    #[error("{path}: the file is empty; expected a header line naming the columns")]
+    Empty { path: PathBuf },
+    /// The header lacks columns the tables need.
+    #[error("{path}: line 1: the header lacks required column(s) {}; found: {}", missing.join(", "), found.join(","))]
+    MissingColumns {
+        path: PathBuf,
+        missing: Vec<String>,
+        found: Vec<String>,
+    },
+}
+
+impl FileError {
+    /// True when the file vanished before or while it was read.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FileError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// How files are read.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// Records longer than this are rejected.
+    pub max_record_bytes: usize,
+    /// Parser buffer size.
+    pub read_buffer_bytes: usize,
+    /// Also keep gender, level and location.
+    pub keep_profile: bool,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        let d = crate::config::ExtractSettings::default();
+        Self {
+            max_record_bytes: d.max_record_bytes,
+            read_buffer_bytes: d.read_buffer_bytes,
+            keep_profile: false,
+        }
+    }
+}
+
+impl From<&crate::config::ExtractSettings> for ExtractOptions {
+    fn from(s: &crate::config::ExtractSettings) -> Self {
+        Self {
+            max_record_bytes: s.max_record_bytes,
+            read_buffer_bytes: s.read_buffer_bytes,
+            keep_profile: false,
+        }
+    }
+}
+
+/// Positions of the columns used, found from the header.
+#[derive(Debug, Clone)]
+struct Columns {
+    /// Header names as written, for messages.
+    names: Vec<String>,
+    artist: usize,
+    song: usize,
+    length: usize,
+    session_id: usize,
+    item_in_session: usize,
+    user_id: usize,
+    first_name: usize,
+    last_name: usize,
+    page: Option<usize>,
+    gender: Option<usize>,
+    level: Option<usize>,
+    location: Option<usize>,
+}
+
+fn normalize_header(field: &[u8]) -> String {
+    let text = String::from_utf8_lossy(field);
+    text.trim_start_matches('\u{feff}')
+        .trim()
+        .to_ascii_lowercase()
+}
+
+impl Columns {
+    fn from_header(path: &Path, header: &ByteRecord) -> Result<Columns, FileError> {
+        let names: Vec<String> = header
+            .iter()
+            .map(|f| {
+                String::from_utf8_lossy(f)
+                    .trim_start_matches('\u{feff}')
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        let normalized: Vec<String> = header.iter().map(normalize_header).collect();
+        let find = |name: &str| {
+            let lower = name.to_ascii_lowercase();
+            normalized.iter().position(|n| *n == lower)
+        };
+        let missing: Vec<String> = REQUIRED_COLUMNS
+            .iter()
+            .filter(|c| find(c).is_none())
+            .map(|c| c.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(FileError::MissingColumns {
+                path: path.to_path_buf(),
+                missing,
+                found: names,
+            });
+        }
+        let at = |name: &str| find(name).expect("checked above");
+        Ok(Columns {
+            artist: at("artist"),
+            song: at("song"),
+            length: at("length"),
+            session_id: at("sessionId"),
+            item_in_session: at("itemInSession"),
+            user_id: at("userId"),
+            first_name: at("firstName"),
+            last_name: at("lastName"),
+            page: find("page"),
+            gender: find("gender"),
+            level: find("level"),
+            location: find("location"),
+            names,
+        })
+    }
+}
+
+/// Shared between the parser and the [`Guard`] under it.
+#[derive(Debug, Default)]
+struct GuardState {
+    /// Bytes handed to the parser so far.
+    delivered: AtomicU64,
+    /// Byte offset where the record being parsed starts.
+    boundary: AtomicU64,
+    /// Set when the guard dropped bytes of the current record.
+    truncated: AtomicBool,
+}
+
+/// Keeps one runaway record (an unclosed quote, a file of binary junk with no line breaks)
+/// from taking unbounded memory: once the record being parsed is past the bound, the rest of
+/// it up to the next line break is dropped before the parser sees it. The shortened record is
+/// then rejected for its size like any other record over the bound.
+struct Guard<R> {
+    inner: R,
+    state: Arc<GuardState>,
+    /// Bytes of one record (plus the parser's read-ahead) allowed before dropping.
+    limit: u64,
+    skipping: bool,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Guard<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let before = buf.filled().len();
+            match Pin::new(&mut self.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            let got = buf.filled().len() - before;
+            if got == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if self.skipping {
+                let fresh = &buf.filled()[before..];
+                match memchr::memchr(b'\n', fresh) {
+                    None => {
+                        // Drop it all and read on: returning nothing would mean end of file.
+                        buf.set_filled(before);
+                        continue;
+                    }
+                    Some(p) => {
+                        let keep = got - p;
+                        let filled = buf.filled_mut();
+                        filled.copy_within(before + p..before + got, before);
+                        buf.set_filled(before + keep);
+                        self.skipping = false;
+                        self.state
+                            .delivered
+                            .fetch_add(keep as u64, Ordering::Relaxed);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            let delivered = self.state.delivered.fetch_add(got as u64, Ordering::Relaxed)
+                + got as u64;
+            let boundary = self.state.boundary.load(Ordering::Relaxed);
+            if delivered.saturating_sub(boundary) > self.limit
+                && memchr::memchr(b'\n', &buf.filled()[before..]).is_none()
+            {
+                self.skipping = true;
+                self.state.truncated.store(true, Ordering::Relaxed);
+            }
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+/// Reads one file, record by record.
+pub struct PlayReader {
+    path: PathBuf,
+    csv: csv_async::AsyncReader<Guard<tokio::fs::File>>,
+    guard: Arc<GuardState>,
+    columns: Columns,
+    record: ByteRecord,
+    options: ExtractOptions,
+    counts: ExtractCounts,
+}
+
+impl PlayReader {
+    /// Opens `path` and checks its header.
+    pub async fn open(path: &Path, options: &ExtractOptions) -> Result<PlayReader, FileError> {
+        let io_err = |source| FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io_err)?;
+        let guard = Arc::new(GuardState::default());
+        let limit = (options.max_record_bytes + options.read_buffer_bytes) as u64;
+        let mut csv = AsyncReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(options.read_buffer_bytes)
+            .create_reader(Guard {
+                inner: file,
+                state: guard.clone(),
+                limit,
+                skipping: false,
+            });
+        let mut header = ByteRecord::new();
+        let has_header = csv.read_byte_record(&mut header).await.map_err(|e| {
+            io_err(match e.into_kind() {
+                csv_async::ErrorKind::Io(e) => e,
+                other => io::Error::other(format!("{other:?}")),
+            })
+        })?;
+        if !has_header {
+            return Err(FileError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let columns = Columns::from_header(path, &header)?;
+        guard
+            .boundary
+            .store(csv.position().byte(), Ordering::Relaxed);
+        guard.truncated.store(false, Ordering::Relaxed);
+        Ok(PlayReader {
+            path: path.to_path_buf(),
+            csv,
+            guard,
+            columns,
+            record: ByteRecord::new(),
+            options: options.clone(),
+            counts: ExtractCounts::default(),
+        })
+    }
+
+    /// The header as written in the file.
+    pub fn header(&self) -> &[String] {
+        &self.columns.names
+    }
+
+    /// Counts so far.
+    pub fn counts(&self) -> ExtractCounts {
+        self.counts
+    }
+
+    /// Bytes of the file consumed so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.guard.delivered.load(Ordering::Relaxed)
+    }
+
+    /// The next song play or reject; `None` at the end of the file. Non-song events are
+    /// skipped and counted on the way.
+    pub async fn next(&mut self) -> Result<Option<Item>, FileError> {
+        loop {
+            let more = self
+                .csv
+                .read_byte_record(&mut self.record)
+                .await
+                .map_err(|e| FileError::Io {
+                    path: self.path.clone(),
+                    source: match e.into_kind() {
+                        csv_async::ErrorKind::Io(e) => e,
+                        other => io::Error::other(format!("{other:?}")),
+                    },
+                })?;
+            if !more {
+                return Ok(None);
+            }
+            let truncated = self.guard.truncated.swap(false, Ordering::Relaxed);
+            self.guard
+                .boundary
+                .store(self.csv.position().byte(), Ordering::Relaxed);
+            self.counts.rows += 1;
+            match classify(&self.record, &self.columns, &self.options, truncated) {
+                Verdict::Skip => self.counts.skipped += 1,
+                Verdict::Play(play) => {
+                    self.counts.plays += 1;
+                    return Ok(Some(Item::Play(play)));
+                }
+                Verdict::Reject {
+                    column,
+                    value,
+                    reason,
+                } => {
+                    self.counts.rejected += 1;
+                    let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+                    return Ok(Some(Item::Reject(Reject {
+                        line,
+                        column,
+                        value,
+                        reason,
+                        fields: self
+                            .record
+                            .iter()
+                            .map(|f| String::from_utf8_lossy(f).into_owned())
+                            .collect(),
+                    })));
+                }
+            }
+        }
+    }
+}
+
+enum Verdict {
+    Skip,
+    Play(SongPlay),
+    Reject {
+        column: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Longest value quoted back in a message.
+const SHOWN_VALUE_CHARS: usize = 80;
+
+fn shown(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    if text.chars().count() > SHOWN_VALUE_CHARS {
+        let cut: String = text.chars().take(SHOWN_VALUE_CHARS).collect();
+        format!("{cut}…")
+    } else {
+        text.into_owned()
+    }
+}
+
+fn classify(
+    record: &ByteRecord,
+    cols: &Columns,
+    options: &ExtractOptions,
+    truncated: bool,
+) -> Verdict {
+    let size = record.as_slice().len();
+    if truncated || size > options.max_record_bytes {
+        return Verdict::Reject {
+            column: String::new(),
+            value: shown(record.as_slice()),
+            reason: format!(
+                "record is {}{size} bytes long; the bound is {} bytes (extract.max_record_bytes)",
+                if truncated { "over " } else { "" },
+                options.max_record_bytes
+            ),
+        };
+    }
+    if record.len() != cols.names.len() {
+        return Verdict::Reject {
+            column: String::new(),
+            value: String::new(),
+            reason: format!(
+                "has {} fields; the header has {}",
+                record.len(),
+                cols.names.len()
+            ),
+        };
+    }
+    let field = |i: usize| record.get(i).unwrap_or_default();
+    if let Some(page) = cols.page
+        && field(page) != SONG_PAGE.as_bytes()
+    {
+        return Verdict::Skip;
+    }
+    if field(cols.artist).is_empty() || field(cols.song).is_empty() {
+        return Verdict::Skip;
+    }
+    let reject = |i: usize, reason: String| Verdict::Reject {
+        column: cols.names[i].clone(),
+        value: shown(field(i)),
+        reason,
+    };
+    let text = |i: usize| -> Result<String, Verdict> {
+        match std::str::from_utf8(field(i)) {
+            Ok(s) => Ok(s.to_string()),
+            Err(e) => Err(reject(
+                i,
+                format!(
+                    "is not valid UTF-8 (bad byte at offset {})",
+                    e.valid_up_to()
+                ),
+            )),
+        }
+    };
+    let id = |i: usize| -> Result<i32, Verdict> {
+        let raw = field(i);
+        let s = std::str::from_utf8(raw)
+            .map_err(|_| reject(i, "is not valid UTF-8; expected an integer".into()))?
+            .trim();
+        if s.is_empty() {
+            return Err(reject(i, "is empty; expected an integer id".into()));
+        }
+        match s.parse::<i64>() {
+            Ok(v) if (0..=i32::MAX as i64).contains(&v) => Ok(v as i32),
+            Ok(_) => Err(reject(
+                i,
+                format!("is out of range; expected an integer from 0 to {}", i32::MAX),
+            )),
+            Err(_) => Err(reject(i, "is not an integer".into())),
+        }
+    };
+    let play = (|| -> Result<SongPlay, Verdict> {
+        let user_id = id(cols.user_id)?;
+        let session_id = id(cols.session_id)?;
+        let item_in_session = id(cols.item_in_session)?;
+        let length = {
+            let i = cols.length;
+            let s = std::str::from_utf8(field(i))
+                .map_err(|_| reject(i, "is not valid UTF-8; expected a number".into()))?
+                .trim();
+            match s.parse::<f64>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => v,
+                Ok(v) if v.is_finite() => {
+                    return Err(reject(
+                        i,
+                        "is negative; expected a length in seconds of 0 or more".into(),
+                    ));
+                }
+                _ => {
+                    return Err(reject(
+                        i,
+                        "is not a number; expected a length in seconds".into(),
+                    ));
+                }
+            }
+        };
+        let profile = if options.keep_profile {
+            let opt = |c: Option<usize>| -> Result<String, Verdict> {
+                match c {
+                    Some(i) => text(i),
+                    None => Ok(String::new()),
+                }
+            };
+            Some(Box::new(Profile {
+                gender: opt(cols.gender)?,
+                level: opt(cols.level)?,
+                location: opt(cols.location)?,
+            }))
+        } else {
+            None
+        };
+        Ok(SongPlay {
+            session_id,
+            item_in_session,
+            user_id,
+            artist: text(cols.artist)?,
+            song: text(cols.song)?,
+            length,
+            first_name: text(cols.first_name)?,
+            last_name: text(cols.last_name)?,
+            profile,
+        })
+    })();
+    match play {
+        Ok(p) => Verdict::Play(p),
+        Err(v) => v,
+    }
+}
+
+/// Lists the `*.csv` files under each path (files are taken as given, folders recursively),
+/// sorted by path within each folder so loads are reproducible.
+pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+        })?;
+        if meta.is_dir() {
+            let mut found: Vec<PathBuf> = walkdir::WalkDir::new(p)
+                .follow_links(false)
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_file())
+                .map(|e| e.into_path())
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|x| x.eq_ignore_ascii_case("csv"))
+                        && !crate::watch::is_ignored_name(p)
+                })
+                .collect();
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    async fn read_all(bytes: &[u8], options: &ExtractOptions) -> Result<Vec<Item>, FileError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        let mut r = PlayReader::open(f.path(), options).await?;
+        let mut items = Vec::new();
+        while let Some(item) = r.next().await? {
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    const HEADER: &str = "artist,auth,firstName,gender,itemInSession,lastName,length,level,location,method,page,registration,sessionId,song,status,ts,userId";
+
+    #[tokio::test]
+    async fn reads_a_real_row_with_quoted_comma_and_crlf() {
+        let data = format!(
+            "{HEADER}\r\nDes'ree,Logged In,Kaylee,F,1,Summers,246.30812,free,\"Phoenix-Mesa-Scottsdale, AZ\",PUT,NextSong,1.54034E+12,139,You Gotta Be,200,1.54111E+12,8\r\n"
+        );
+        let items = read_all(data.as_bytes(), &ExtractOptions::default())
+            .await
+            .unwrap();
+        let [Item::Play(p)] = items.as_slice() else {
+            panic!("{items:?}")
+        };
+        assert_eq!(p.artist, "Des'ree");
+        assert_eq!(p.song, "You Gotta Be");
+        assert_eq!(p.session_id, 139);
+        assert_eq!(p.item_in_session, 1);
+        assert_eq!(p.user_id, 8);
+        assert_eq!(p.length, 246.30812);
+    }
+
+    #[tokio::test]
+    async fn oversize_record_is_rejected_and_reading_goes_on() {
+        let options = ExtractOptions {
+            max_record_bytes: 1024,
+            read_buffer_bytes: 4096,
+            keep_profile: false,
+        };
+        let huge = "x".repeat(200_000);
+        let data = format!(
+            "{HEADER}\n{huge},Logged In,A,F,1,B,1.0,free,L,PUT,NextSong,1,2,S,200,1,3\nA,Logged In,A,F,2,B,1.0,free,L,PUT,NextSong,1,2,S,200,1,3\n"
+        );
+        let items = read_all(data.as_bytes(), &options).await.unwrap();
+        assert_eq!(items.len(), 2, "{items:?}");
+        let Item::Reject(r) = &items[0] else {
+            panic!()
+        };
+        assert_eq!(r.line, 2);
+        assert!(r.reason.contains("the bound is 1024 bytes"), "{}", r.reason);
+        let Item::Play(p) = &items[1] else { panic!() };
+        assert_eq!(p.item_in_session, 2);
+    }
+}

@@ -1,0 +1,41 @@
+//! sparkify: watches a folder of music-streaming event logs and loads every song play into three
+//! query-first, denormalized tables — on Apache Cassandra / ScyllaDB in production, or in an
+//! embedded SQLite file when no cluster is configured.
+//!
+//! # Layout
+//! The modules follow the flow of a file, so `ls src/` reads as the pipeline:
+//!
+//! ```text
+//! watch ──► pipeline ──► extract ──► transform ──► store ──► ledger
+//! (notify,   (bounded     (csv_async   (mojibake     (SQLite or   (content hash,
+//!  rescan,    channels,    streaming,   repair, one   Cassandra    written after
+//!  settle)    readers,     validation,  row per       upserts)     every ack)
+//!             writer pool) rejects)     table)
+//! ```
+//!
+//! - [`watch`]: start-up scan, `notify` events and periodic rescans → complete files only.
+//! - [`pipeline`]: file jobs → readers → chunks → writer pool → acknowledgements → ledger.
+//! - [`extract`]: one file, streamed record by record into song plays, skips and [`rejects`].
+//! - [`transform`]: mojibake repair; the three table rows of a play.
+//! - [`store`]: the [`store::Store`] with its two kinds, embedded and Cassandra.
+//! - [`ledger`]: which content has been loaded.
+//! - [`daemon`]: `sparkify run` — lifecycle, signals, systemd, after-ingest actions.
+//! - [`query`]: the analysts' three questions.
+//! - [`config`], [`telemetry`], [`retry`], [`cli`]: settings, logs/metrics/health, backoff,
+//!   and the command line.
+//! - [`generate`]: synthetic event files for load tests.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod extract;
+pub mod generate;
+pub mod ledger;
+pub mod pipeline;
+pub mod query;
+pub mod rejects;
+pub mod retry;
+pub mod store;
+pub mod telemetry;
+pub mod transform;
+pub mod watch;

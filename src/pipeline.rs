@@ -1,0 +1,514 @@
+//! The pipeline: file jobs → readers → chunks → writer pool → acknowledgements → ledger.
+//!
+//! Shared by `sparkify ingest` (jobs from the command line) and `sparkify run` (jobs from the
+//! watcher). Every hand-off is a bounded tokio channel, so a slow store makes readers wait
+//! instead of filling memory: at most `chunk_queue` chunks of `chunk_rows` plays wait between
+//! readers and writers, whatever the size or number of files.
+//!
+//! Each chunk carries an acknowledgement sender back to its file. When a reader reaches the end
+//! of a file it hands the file to a finalizer, which waits for every chunk's acknowledgement
+//! and only then writes the ledger entry. A failed or abandoned chunk means no `loaded` entry:
+//! the file is simply read again next time, and upserts make that harmless.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::extract::{ExtractCounts, ExtractOptions, Item, PlayReader, Reject, SongPlay};
+use crate::ledger::{self, LedgerEntry, Status};
+use crate::rejects::RejectsFile;
+use crate::store::{Store, StoreError, TABLES};
+use crate::transform::Transform;
+
+/// A file to load.
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    pub path: PathBuf,
+    /// When the file was found complete, for the load-latency metric.
+    pub found_at: Instant,
+}
+
+impl FileJob {
+    pub fn new(path: PathBuf) -> FileJob {
+        FileJob {
+            path,
+            found_at: Instant::now(),
+        }
+    }
+}
+
+/// How a file ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every song play acknowledged; ledgered as loaded.
+    Loaded,
+    /// Nothing of the file counts as loaded; ledgered as failed with this reason.
+    Failed(String),
+    /// The same content is already in the ledger; nothing was read.
+    Duplicate { previous_path: String },
+    /// The file disappeared before it could be read.
+    Vanished,
+    /// Shutdown came first; not ledgered, so it is read again on the next start.
+    Abandoned,
+}
+
+/// What happened to one file, for the caller to print, log or act on.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    pub path: PathBuf,
+    pub outcome: Outcome,
+    pub counts: ExtractCounts,
+    pub repaired: u64,
+    pub size: u64,
+    pub content_hash: String,
+    /// The first few rejects, for `validate` and the summary.
+    pub sample_rejects: Vec<Reject>,
+    /// Where the rejects went, when there were any.
+    pub rejects_path: Option<PathBuf>,
+    /// From the moment the file was found complete to its ledger entry.
+    pub elapsed: Duration,
+}
+
+/// How the pipeline runs.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub readers: usize,
+    pub writers: usize,
+    pub chunk_rows: usize,
+    pub chunk_queue: usize,
+    /// Plays one writer gathers from the queue into one store write at most.
+    pub group_rows: usize,
+    pub extract: ExtractOptions,
+    pub transform: Transform,
+    pub rejects_dir: PathBuf,
+    /// Load files even when their content is already ledgered as loaded.
+    pub force: bool,
+    /// Also count bytes read here (for a progress bar).
+    pub bytes_read: Option<Arc<AtomicU64>>,
+}
+
+impl PipelineOptions {
+    pub fn from_settings(settings: &crate::config::Settings, store: &Store) -> PipelineOptions {
+        let p = &settings.pipeline;
+        let (writers, group_rows) = match store {
+            // SQLite has a single writer; it gains from few, large, key-sorted transactions.
+            Store::Embedded(_) => (1, settings.embedded.transaction_rows),
+            Store::Cassandra(_) => (p.writers, p.chunk_rows * 4),
+        };
+        PipelineOptions {
+            readers: p.readers,
+            writers,
+            chunk_rows: p.chunk_rows,
+            chunk_queue: p.chunk_queue,
+            group_rows: group_rows.max(p.chunk_rows),
+            extract: ExtractOptions::from(&settings.extract),
+            transform: Transform {
+                repair_mojibake: settings.transform.repair_mojibake,
+            },
+            rejects_dir: settings.rejects.dir.clone(),
+            force: false,
+            bytes_read: None,
+        }
+    }
+}
+
+/// Most rejects kept in a [`FileReport`].
+const SAMPLE_REJECTS: usize = 5;
+
+type Ack = mpsc::UnboundedSender<Result<(), StoreError>>;
+
+struct Chunk {
+    plays: Vec<SongPlay>,
+    ack: Ack,
+}
+
+/// Runs the pipeline until `jobs` is closed and drained (or `shutdown` fires and in-flight work
+/// has finished or been abandoned). Every file taken produces exactly one report.
+pub async fn run(
+    store: Store,
+    options: PipelineOptions,
+    jobs: mpsc::Receiver<FileJob>,
+    reports: mpsc::UnboundedSender<FileReport>,
+    shutdown: CancellationToken,
+) {
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(options.chunk_queue);
+    let chunk_rx = Arc::new(Mutex::new(chunk_rx));
+    let jobs = Arc::new(Mutex::new(jobs));
+    let options = Arc::new(options);
+
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..options.writers {
+        writers.spawn(writer(
+            store.clone(),
+            chunk_rx.clone(),
+            options.group_rows,
+            shutdown.clone(),
+        ));
+    }
+    let finalizers = tokio_util::task::TaskTracker::new();
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..options.readers {
+        let jobs = jobs.clone();
+        let ctx = ReaderContext {
+            store: store.clone(),
+            options: options.clone(),
+            chunks: chunk_tx.clone(),
+            reports: reports.clone(),
+            shutdown: shutdown.clone(),
+            finalizers: finalizers.clone(),
+        };
+        readers.spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.cancelled() => break,
+                    job = async { jobs.lock().await.recv().await } => job,
+                };
+                let Some(job) = job else { break };
+                metrics::gauge!("sparkify_queue_depth", "queue" => "files").decrement(1.0);
+                ctx.load_file(job).await;
+            }
+        });
+    }
+    drop(chunk_tx);
+    while readers.join_next().await.is_some() {}
+    // Readers are done, so every chunk sender but the finalizers' is gone: writers drain the
+    // queue and stop.
+    while writers.join_next().await.is_some() {}
+    finalizers.close();
+    finalizers.wait().await;
+}
+
+async fn writer(
+    store: Store,
+    chunks: Arc<Mutex<mpsc::Receiver<Chunk>>>,
+    group_rows: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut group = {
+            let mut rx = chunks.lock().await;
+            let Some(first) = rx.recv().await else { break };
+            let mut rows = first.plays.len();
+            let mut group = vec![first];
+            while rows < group_rows {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        rows += c.plays.len();
+                        group.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        metrics::gauge!("sparkify_queue_depth", "queue" => "chunks").decrement(group.len() as f64);
+        let plays: Vec<SongPlay> = if group.len() == 1 {
+            std::mem::take(&mut group[0].plays)
+        } else {
+            group.iter_mut().flat_map(|c| c.plays.drain(..)).collect()
+        };
+        let n = plays.len();
+        let started = Instant::now();
+        let result = store.write(Arc::new(plays), &shutdown).await;
+        metrics::histogram!("sparkify_write_duration_seconds").record(started.elapsed());
+        match &result {
+            Ok(stats) => {
+                for (table, rows) in TABLES.iter().zip(stats.rows) {
+                    metrics::counter!("sparkify_rows_written_total", "table" => *table)
+                        .increment(rows);
+                }
+                tracing::debug!(plays = n, requests = stats.requests, retries = stats.retries, "Wrote a group of plays");
+            }
+            Err(e) => tracing::debug!(plays = n, error = %e, "Group of plays not written"),
+        }
+        for chunk in group {
+            let _ = chunk.ack.send(result.clone().map(|_| ()));
+        }
+    }
+}
+
+struct ReaderContext {
+    store: Store,
+    options: Arc<PipelineOptions>,
+    chunks: mpsc::Sender<Chunk>,
+    reports: mpsc::UnboundedSender<FileReport>,
+    shutdown: CancellationToken,
+    finalizers: tokio_util::task::TaskTracker,
+}
+
+/// Where a file stands while it is read.
+struct FileState {
+    report: FileReport,
+    chunks_sent: usize,
+    acks: mpsc::UnboundedReceiver<Result<(), StoreError>>,
+    ack: Ack,
+}
+
+impl ReaderContext {
+    async fn load_file(&self, job: FileJob) {
+        let path = job.path.clone();
+        let mut report = FileReport {
+            path: path.clone(),
+            outcome: Outcome::Loaded,
+            counts: ExtractCounts::default(),
+            repaired: 0,
+            size: 0,
+            content_hash: String::new(),
+            sample_rejects: Vec::new(),
+            rejects_path: None,
+            elapsed: Duration::ZERO,
+        };
+        let finish = |mut report: FileReport, outcome: Outcome| {
+            report.outcome = outcome;
+            report.elapsed = job.found_at.elapsed();
+            deliver(&self.reports, report);
+        };
+
+        let fp = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || ledger::fingerprint(&p)).await
+        };
+        let fp = match fp {
+            Ok(Ok(fp)) => fp,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return finish(report, Outcome::Vanished);
+            }
+            Ok(Err(e)) => {
+                let reason = format!("{}: cannot read: {e}", path.display());
+                return finish(report, Outcome::Failed(reason));
+            }
+            Err(e) => return finish(report, Outcome::Failed(e.to_string())),
+        };
+        report.size = fp.size;
+        report.content_hash = fp.content_hash.clone();
+
+        if !self.options.force {
+            match self.store.ledger_get(&fp.content_hash).await {
+                Ok(Some(prev)) if prev.status == Status::Loaded => {
+                    return finish(
+                        report,
+                        Outcome::Duplicate {
+                            previous_path: prev.path,
+                        },
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // The store is down: the file stays unledgered and is taken again later.
+                    tracing::warn!(file = %path.display(), error = %e, "Cannot check the ledger; leaving the file for later");
+                    return finish(report, Outcome::Abandoned);
+                }
+            }
+        }
+
+        let (ack, acks) = mpsc::unbounded_channel();
+        let mut state = FileState {
+            report,
+            chunks_sent: 0,
+            acks,
+            ack,
+        };
+        let read = self.read_into_chunks(&path, &mut state).await;
+        let FileState {
+            mut report,
+            chunks_sent,
+            mut acks,
+            ack,
+        } = state;
+        drop(ack);
+        let failure = match read {
+            ReadEnd::Done => None,
+            ReadEnd::Abandoned => return finish(report, Outcome::Abandoned),
+            ReadEnd::Vanished => return finish(report, Outcome::Vanished),
+            ReadEnd::Failed(reason) => Some(reason),
+        };
+        let store = self.store.clone();
+        let reports = self.reports.clone();
+        let found_at = job.found_at;
+        self.finalizers.spawn(async move {
+            let mut store_error: Option<StoreError> = None;
+            for _ in 0..chunks_sent {
+                match acks.recv().await {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        store_error.get_or_insert(e);
+                    }
+                    None => {
+                        store_error.get_or_insert(StoreError::Abandoned);
+                    }
+                }
+            }
+            let (status, reason) = match (&failure, &store_error) {
+                (_, Some(StoreError::Abandoned)) => {
+                    report.outcome = Outcome::Abandoned;
+                    report.elapsed = found_at.elapsed();
+                    deliver(&reports, report);
+                    return;
+                }
+                (Some(reason), _) => (Status::Failed, reason.clone()),
+                (None, Some(e)) if e.is_transient() => {
+                    // Could not be written before giving up: leave it for a later attempt.
+                    report.outcome = Outcome::Abandoned;
+                    report.elapsed = found_at.elapsed();
+                    deliver(&reports, report);
+                    return;
+                }
+                (None, Some(e)) => (Status::Failed, format!("{}: {e}", report.path.display())),
+                (None, None) => (Status::Loaded, String::new()),
+            };
+            let entry = LedgerEntry {
+                content_hash: report.content_hash.clone(),
+                path: report.path.display().to_string(),
+                size: report.size,
+                counts: report.counts,
+                repaired: report.repaired,
+                status,
+                reason: reason.clone(),
+                recorded_at_ms: ledger::now_ms(),
+            };
+            report.outcome = match store.ledger_put(&entry).await {
+                Ok(()) if status == Status::Loaded => Outcome::Loaded,
+                Ok(()) => Outcome::Failed(reason),
+                Err(e) => {
+                    tracing::warn!(file = %report.path.display(), error = %e, "Cannot write the ledger entry; the file will be read again");
+                    Outcome::Abandoned
+                }
+            };
+            report.elapsed = found_at.elapsed();
+            deliver(&reports, report);
+        });
+    }
+
+    /// Streams the file into chunks on the writers' queue.
+    async fn read_into_chunks(&self, path: &Path, state: &mut FileState) -> ReadEnd {
+        let opts = &self.options;
+        let mut reader = match PlayReader::open(path, &opts.extract).await {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return ReadEnd::Vanished,
+            Err(e) => return ReadEnd::Failed(e.to_string()),
+        };
+        let mut rejects = match RejectsFile::new(&opts.rejects_dir, path, reader.header()).await {
+            Ok(r) => r,
+            Err(e) => {
+                return ReadEnd::Failed(format!(
+                    "cannot prepare the rejects file in {}: {e}",
+                    opts.rejects_dir.display()
+                ));
+            }
+        };
+        let mut chunk: Vec<SongPlay> = Vec::with_capacity(opts.chunk_rows);
+        let mut last_bytes = 0u64;
+        let end = loop {
+            let item = match reader.next().await {
+                Ok(Some(item)) => item,
+                Ok(None) => break ReadEnd::Done,
+                Err(e) => break ReadEnd::Failed(e.to_string()),
+            };
+            match item {
+                Item::Play(mut play) => {
+                    state.report.repaired += opts.transform.apply(&mut play);
+                    chunk.push(play);
+                    if chunk.len() >= opts.chunk_rows {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(opts.chunk_rows));
+                        if !self.send_chunk(full, state).await {
+                            break ReadEnd::Abandoned;
+                        }
+                        if let Some(counter) = &opts.bytes_read {
+                            let now = reader.bytes_read();
+                            counter.fetch_add(now - last_bytes, Ordering::Relaxed);
+                            last_bytes = now;
+                        }
+                    }
+                }
+                Item::Reject(reject) => {
+                    tracing::debug!(file = %path.display(), line = reject.line, column = %reject.column, reason = %reject.reason, "Rejected a row");
+                    if let Err(e) = rejects.write(&reject).await {
+                        break ReadEnd::Failed(format!(
+                            "cannot write {}: {e}",
+                            rejects.path().display()
+                        ));
+                    }
+                    if state.report.sample_rejects.len() < SAMPLE_REJECTS {
+                        state.report.sample_rejects.push(reject);
+                    }
+                }
+            }
+        };
+        if matches!(end, ReadEnd::Done) && !chunk.is_empty() && !self.send_chunk(chunk, state).await
+        {
+            return ReadEnd::Abandoned;
+        }
+        if let Some(counter) = &opts.bytes_read {
+            counter.fetch_add(reader.bytes_read().saturating_sub(last_bytes), Ordering::Relaxed);
+        }
+        state.report.counts = reader.counts();
+        if rejects.written() > 0 {
+            state.report.rejects_path = Some(rejects.path().to_path_buf());
+        }
+        if let Err(e) = rejects.finish().await {
+            return ReadEnd::Failed(format!("cannot write the rejects file: {e}"));
+        }
+        end
+    }
+
+    /// Queues one chunk; false if shutdown came first.
+    async fn send_chunk(&self, plays: Vec<SongPlay>, state: &mut FileState) -> bool {
+        if self.shutdown.is_cancelled() {
+            return false;
+        }
+        let chunk = Chunk {
+            plays,
+            ack: state.ack.clone(),
+        };
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => false,
+            sent = self.chunks.send(chunk) => {
+                if sent.is_err() {
+                    return false;
+                }
+                metrics::gauge!("sparkify_queue_depth", "queue" => "chunks").increment(1.0);
+                state.chunks_sent += 1;
+                true
+            }
+        }
+    }
+}
+
+enum ReadEnd {
+    Done,
+    Abandoned,
+    Vanished,
+    Failed(String),
+}
+
+/// Counts a finished file in the metrics and hands its report to the caller.
+fn deliver(reports: &mpsc::UnboundedSender<FileReport>, report: FileReport) {
+    let outcome = match &report.outcome {
+        Outcome::Loaded => "loaded",
+        Outcome::Failed(_) => "failed",
+        Outcome::Duplicate { .. } => "duplicate",
+        Outcome::Vanished => "vanished",
+        Outcome::Abandoned => "abandoned",
+    };
+    metrics::counter!("sparkify_files_total", "outcome" => outcome).increment(1);
+    if matches!(report.outcome, Outcome::Loaded | Outcome::Failed(_)) {
+        let c = report.counts;
+        metrics::counter!("sparkify_rows_read_total").increment(c.rows);
+        metrics::counter!("sparkify_song_plays_total").increment(c.plays);
+        metrics::counter!("sparkify_rows_skipped_total").increment(c.skipped);
+        metrics::counter!("sparkify_rows_rejected_total").increment(c.rejected);
+        metrics::counter!("sparkify_values_repaired_total").increment(report.repaired);
+    }
+    if report.outcome == Outcome::Loaded {
+        metrics::gauge!("sparkify_last_load_timestamp_seconds")
+            .set(ledger::now_ms() as f64 / 1000.0);
+        metrics::histogram!("sparkify_file_latency_seconds").record(report.elapsed);
+    }
+    let _ = reports.send(report);
+}
