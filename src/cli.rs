@@ -333,6 +333,8 @@ pub struct Totals {
     pub repaired: u64,
     pub elapsed_secs: f64,
     pub plays_per_sec: f64,
+    /// Peak resident memory of the process (Linux), in KiB.
+    pub peak_rss_kib: Option<u64>,
 }
 
 impl Totals {
@@ -355,6 +357,7 @@ impl Totals {
     }
 
     pub fn finish(&mut self, elapsed: Duration) {
+        self.peak_rss_kib = peak_rss_kib();
         self.elapsed_secs = elapsed.as_secs_f64();
         self.plays_per_sec = if self.elapsed_secs > 0.0 {
             self.counts.plays as f64 / self.elapsed_secs
@@ -362,6 +365,13 @@ impl Totals {
             0.0
         };
     }
+}
+
+/// Peak resident set size of this process (`VmHWM`), where the OS reports it.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// One line describing a finished file.
@@ -516,8 +526,12 @@ fn print_summary(t: &Totals, format: SummaryFormat) {
             );
             println!("repaired   {} text values", t.repaired);
             println!(
-                "elapsed    {:.2} s ({:.0} song plays/s)",
-                t.elapsed_secs, t.plays_per_sec
+                "elapsed    {:.2} s ({:.0} song plays/s){}",
+                t.elapsed_secs,
+                t.plays_per_sec,
+                t.peak_rss_kib
+                    .map(|k| format!(", peak memory {} MiB", k / 1024))
+                    .unwrap_or_default()
             );
         }
     }
