@@ -54,7 +54,13 @@ Examples:
 #[command(name = "sparkify", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Settings file (TOML), on top of the defaults.
-    #[arg(long, short = 'c', global = true, value_name = "FILE", env = "SPARKIFY_CONFIG")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        value_name = "FILE",
+        env = "SPARKIFY_CONFIG"
+    )]
     pub config: Option<PathBuf>,
 
     /// Override one setting, e.g. --set embedded.path=/tmp/x.db (repeatable; wins over all).
@@ -284,7 +290,10 @@ fn config_command(cmd: &ConfigCommand, cli: &Cli, settings: &Settings) -> u8 {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "defaults and environment".into());
-            println!("configuration OK ({source}; store {:?})", settings.store.kind);
+            println!(
+                "configuration OK ({source}; store {:?})",
+                settings.store.kind
+            );
             0
         }
         ConfigCommand::Show => {
@@ -295,9 +304,7 @@ fn config_command(cmd: &ConfigCommand, cli: &Cli, settings: &Settings) -> u8 {
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    Store::open(settings)
-        .await
-        .context("cannot open the store")
+    Store::open(settings).await.context("cannot open the store")
 }
 
 /// Resolves once SIGINT or SIGTERM arrives.
@@ -305,9 +312,8 @@ pub async fn interrupted() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("can install a SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -388,6 +394,9 @@ pub fn report_line(r: &FileReport) -> String {
                 s.push_str(&format!(" (rejects in {})", p.display()));
             }
             s
+        }
+        Outcome::Failed(reason) if reason.starts_with(&path.to_string()) => {
+            format!("failed     {reason}")
         }
         Outcome::Failed(reason) => format!("failed     {path}: {reason}"),
         Outcome::Duplicate { previous_path } => {
@@ -584,7 +593,10 @@ fn describe_reject(r: &crate::extract::Reject) -> String {
     if r.column.is_empty() {
         format!("line {}: {}", r.line, r.reason)
     } else {
-        format!("line {}: column {} = {:?}: {}", r.line, r.column, r.value, r.reason)
+        format!(
+            "line {}: column {} = {:?}: {}",
+            r.line, r.column, r.value, r.reason
+        )
     }
 }
 
@@ -677,11 +689,17 @@ async fn validate_command(settings: &Settings, args: ValidateArgs) -> anyhow::Re
     let mut problems = 0;
     for f in &files {
         let mut shown = Vec::new();
-        let result = scan_file(f, &options, transform, |_| Ok(()), |r| {
-            if shown.len() < args.show {
-                shown.push(r);
-            }
-        })
+        let result = scan_file(
+            f,
+            &options,
+            transform,
+            |_| Ok(()),
+            |r| {
+                if shown.len() < args.show {
+                    shown.push(r);
+                }
+            },
+        )
         .await;
         match result {
             Ok((c, repaired)) => {

@@ -499,9 +499,21 @@ impl Settings {
         at_least("pipeline.chunk_rows", self.pipeline.chunk_rows, 1)?;
         at_least("pipeline.file_queue", self.pipeline.file_queue, 1)?;
         at_least("pipeline.chunk_queue", self.pipeline.chunk_queue, 1)?;
-        at_least("embedded.transaction_rows", self.embedded.transaction_rows, 1)?;
-        at_least("extract.max_record_bytes", self.extract.max_record_bytes, 256)?;
-        at_least("extract.read_buffer_bytes", self.extract.read_buffer_bytes, 4096)?;
+        at_least(
+            "embedded.transaction_rows",
+            self.embedded.transaction_rows,
+            1,
+        )?;
+        at_least(
+            "extract.max_record_bytes",
+            self.extract.max_record_bytes,
+            256,
+        )?;
+        at_least(
+            "extract.read_buffer_bytes",
+            self.extract.read_buffer_bytes,
+            4096,
+        )?;
         at_least("cassandra.max_in_flight", self.cassandra.max_in_flight, 1)?;
         at_least("cassandra.max_batch_rows", self.cassandra.max_batch_rows, 1)?;
         if self.store.kind == StoreKind::Cassandra && self.cassandra.nodes.is_empty() {
@@ -536,10 +548,14 @@ impl Settings {
         if globset::Glob::new(&self.watch.pattern).is_err() {
             return Err(ConfigError::Invalid {
                 key: "watch.pattern",
-                problem: format!("is {:?}; expected a file-name glob such as *.csv", self.watch.pattern),
+                problem: format!(
+                    "is {:?}; expected a file-name glob such as *.csv",
+                    self.watch.pattern
+                ),
             });
         }
-        if self.watch.after_ingest == AfterIngest::Move && self.watch.done_dir.as_os_str().is_empty()
+        if self.watch.after_ingest == AfterIngest::Move
+            && self.watch.done_dir.as_os_str().is_empty()
         {
             return Err(ConfigError::Invalid {
                 key: "watch.done_dir",

@@ -175,7 +175,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(timeout_secs = limit.as_secs(), "In-flight writes did not finish in time; exiting without ledgering them");
+        tracing::warn!(
+            timeout_secs = limit.as_secs(),
+            "In-flight writes did not finish in time; exiting without ledgering them"
+        );
     }
     if !watcher_done {
         let _ = watcher.await;
@@ -218,12 +221,7 @@ async fn open_store_patiently(settings: &Settings, health: &Health) -> anyhow::R
 }
 
 /// Keeps readiness current while idle: an outage shows on `/readyz` even with no file to load.
-async fn probe_store(
-    store: Store,
-    health: Arc<Health>,
-    every: Duration,
-    token: CancellationToken,
-) {
+async fn probe_store(store: Store, health: Arc<Health>, every: Duration, token: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     let mut down = false;
     loop {

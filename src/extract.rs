@@ -283,7 +283,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for Guard<R> {
                     }
                 }
             }
-            let delivered = self.state.delivered.fetch_add(got as u64, Ordering::Relaxed)
+            let delivered = self
+                .state
+                .delivered
+                .fetch_add(got as u64, Ordering::Relaxed)
                 + got as u64;
             let boundary = self.state.boundary.load(Ordering::Relaxed);
             if delivered.saturating_sub(boundary) > self.limit
@@ -318,9 +321,13 @@ impl PlayReader {
         let file = tokio::fs::File::open(path).await.map_err(io_err)?;
         let guard = Arc::new(GuardState::default());
         let limit = (options.max_record_bytes + options.read_buffer_bytes) as u64;
+        // Records end at '\n' only: with the default CRLF terminator the parser reports the line
+        // of a record that follows "\r\n" one too low. The '\r' left at the end of the last
+        // field is trimmed in `field`.
         let mut csv = AsyncReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
+            .terminator(csv_async::Terminator::Any(b'\n'))
             .buffer_capacity(options.read_buffer_bytes)
             .create_reader(Guard {
                 inner: file,
@@ -393,6 +400,9 @@ impl PlayReader {
             self.guard
                 .boundary
                 .store(self.csv.position().byte(), Ordering::Relaxed);
+            if is_blank_line(&self.record) {
+                continue;
+            }
             self.counts.rows += 1;
             match classify(&self.record, &self.columns, &self.options, truncated) {
                 Verdict::Skip => self.counts.skipped += 1,
@@ -412,16 +422,29 @@ impl PlayReader {
                         column,
                         value,
                         reason,
-                        fields: self
-                            .record
-                            .iter()
-                            .map(|f| String::from_utf8_lossy(f).into_owned())
+                        fields: (0..self.record.len())
+                            .map(|i| String::from_utf8_lossy(field(&self.record, i)).into_owned())
                             .collect(),
                     })));
                 }
             }
         }
     }
+}
+
+/// Field `i`, without the '\r' a CRLF line ending leaves on the last field.
+fn field(record: &ByteRecord, i: usize) -> &[u8] {
+    let f = record.get(i).unwrap_or_default();
+    if i + 1 == record.len() {
+        f.strip_suffix(b"\r").unwrap_or(f)
+    } else {
+        f
+    }
+}
+
+/// A line holding nothing but a line ending.
+fn is_blank_line(record: &ByteRecord) -> bool {
+    record.len() == 1 && field(record, 0).is_empty()
 }
 
 enum Verdict {
@@ -476,7 +499,7 @@ fn classify(
             ),
         };
     }
-    let field = |i: usize| record.get(i).unwrap_or_default();
+    let field = |i: usize| field(record, i);
     if let Some(page) = cols.page
         && field(page) != SONG_PAGE.as_bytes()
     {
@@ -514,7 +537,10 @@ fn classify(
             Ok(v) if (0..=i32::MAX as i64).contains(&v) => Ok(v as i32),
             Ok(_) => Err(reject(
                 i,
-                format!("is out of range; expected an integer from 0 to {}", i32::MAX),
+                format!(
+                    "is out of range; expected an integer from 0 to {}",
+                    i32::MAX
+                ),
             )),
             Err(_) => Err(reject(i, "is not an integer".into())),
         }
@@ -582,9 +608,8 @@ fn classify(
 pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| {
-            io::Error::new(e.kind(), format!("{}: {e}", p.display()))
-        })?;
+        let meta = std::fs::metadata(p)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
         if meta.is_dir() {
             let mut found: Vec<PathBuf> = walkdir::WalkDir::new(p)
                 .follow_links(false)
@@ -593,8 +618,7 @@ pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
                 .filter(|e| e.file_type().is_file())
                 .map(|e| e.into_path())
                 .filter(|p| {
-                    p.extension()
-                        .is_some_and(|x| x.eq_ignore_ascii_case("csv"))
+                    p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv"))
                         && !crate::watch::is_ignored_name(p)
                 })
                 .collect();
@@ -657,9 +681,7 @@ mod tests {
         );
         let items = read_all(data.as_bytes(), &options).await.unwrap();
         assert_eq!(items.len(), 2, "{items:?}");
-        let Item::Reject(r) = &items[0] else {
-            panic!()
-        };
+        let Item::Reject(r) = &items[0] else { panic!() };
         assert_eq!(r.line, 2);
         assert!(r.reason.contains("the bound is 1024 bytes"), "{}", r.reason);
         let Item::Play(p) = &items[1] else { panic!() };

@@ -68,8 +68,25 @@ const FIRST: &[&str] = &[
     "Amélie", "Søren", "Iñaki", "Théo",
 ];
 const LAST: &[&str] = &[
-    "Summers", "Frye", "Smith", "Cruz", "Klein", "Cuevas", "Levine", "Koch", "Kirby", "Graham",
-    "Young", "Rodriguez", "Jones", "George", "Robinson", "Williams", "Müller", "Núñez", "O'Brien",
+    "Summers",
+    "Frye",
+    "Smith",
+    "Cruz",
+    "Klein",
+    "Cuevas",
+    "Levine",
+    "Koch",
+    "Kirby",
+    "Graham",
+    "Young",
+    "Rodriguez",
+    "Jones",
+    "George",
+    "Robinson",
+    "Williams",
+    "Müller",
+    "Núñez",
+    "O'Brien",
     "Gonçalves",
 ];
 const LOCATIONS: &[&str] = &[
@@ -90,8 +107,18 @@ const WORDS: &[&str] = &[
     "Ocean", "Shadow", "Crystal", "Neon", "Broken", "Sweet", "Lonely", "Golden", "Secret",
 ];
 const ACCENTED: &[&str] = &[
-    "Björk", "Beyoncé", "Sigur Rós", "Motörhead", "Café Tacvba", "Michael Bublé", "Röyksopp",
-    "Mötley Crüe", "José González", "Amadou & Mariam", "Nação Zumbi", "Sinéad O'Connor",
+    "Björk",
+    "Beyoncé",
+    "Sigur Rós",
+    "Motörhead",
+    "Café Tacvba",
+    "Michael Bublé",
+    "Röyksopp",
+    "Mötley Crüe",
+    "José González",
+    "Amadou & Mariam",
+    "Nação Zumbi",
+    "Sinéad O'Connor",
 ];
 const OTHER_PAGES: &[(&str, &str, u16)] = &[
     ("Home", "GET", 200),
@@ -250,8 +277,23 @@ pub fn generate(dir: &Path, rows: u64, files: u32, seed: u64) -> std::io::Result
             if rng.random_bool(LOGGED_OUT_SHARE) {
                 let (page, method, status) = pick_page(&mut rng);
                 w.write_record([
-                    "", "Logged Out", "", "", &item, "", "", u.level, "", method, page, "",
-                    &session, "", &status.to_string(), &ts_s, "",
+                    "",
+                    "Logged Out",
+                    "",
+                    "",
+                    &item,
+                    "",
+                    "",
+                    u.level,
+                    "",
+                    method,
+                    page,
+                    "",
+                    &session,
+                    "",
+                    &status.to_string(),
+                    &ts_s,
+                    "",
                 ])?;
             } else if rng.random_bool(SONG_SHARE) {
                 let song = &cat.songs[zipf_index(&mut rng, cat.songs.len())];
@@ -278,8 +320,22 @@ pub fn generate(dir: &Path, rows: u64, files: u32, seed: u64) -> std::io::Result
             } else {
                 let (page, method, status) = pick_page(&mut rng);
                 w.write_record([
-                    "", "Logged In", &u.first, u.gender, &item, &u.last, "", u.level, u.location,
-                    method, page, &reg, &session, "", &status.to_string(), &ts_s,
+                    "",
+                    "Logged In",
+                    &u.first,
+                    u.gender,
+                    &item,
+                    &u.last,
+                    "",
+                    u.level,
+                    u.location,
+                    method,
+                    page,
+                    &reg,
+                    &session,
+                    "",
+                    &status.to_string(),
+                    &ts_s,
                     &u.id.to_string(),
                 ])?;
             }
@@ -290,7 +346,9 @@ pub fn generate(dir: &Path, rows: u64, files: u32, seed: u64) -> std::io::Result
             }
             out.rows += 1;
         }
-        let mut inner = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut inner = w
+            .into_inner()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         inner.flush()?;
         inner.get_ref().sync_all()?;
         drop(inner);
@@ -308,7 +366,9 @@ fn pick_page(rng: &mut Xoshiro256PlusPlus) -> (&'static str, &'static str, u16) 
 /// Popular songs are played far more often than the long tail.
 fn zipf_index(rng: &mut Xoshiro256PlusPlus, n: usize) -> usize {
     let u: f64 = rng.random_range(0.0..1.0);
-    ((n as f64).powf(u) - 1.0).floor().clamp(0.0, (n - 1) as f64) as usize
+    ((n as f64).powf(u) - 1.0)
+        .floor()
+        .clamp(0.0, (n - 1) as f64) as usize
 }
 
 /// `sparkify generate`.
@@ -348,6 +408,9 @@ mod tests {
     fn double_encoding_is_what_the_transform_repairs() {
         let once = encode_twice("Björk");
         assert_eq!(once, "BjÃ¶rk");
-        assert_eq!(crate::transform::repair_mojibake(&once).as_deref(), Some("Björk"));
+        assert_eq!(
+            crate::transform::repair_mojibake(&once).as_deref(),
+            Some("Björk")
+        );
     }
 }

@@ -222,7 +222,12 @@ async fn writer(
                     metrics::counter!("sparkify_rows_written_total", "table" => *table)
                         .increment(rows);
                 }
-                tracing::debug!(plays = n, requests = stats.requests, retries = stats.retries, "Wrote a group of plays");
+                tracing::debug!(
+                    plays = n,
+                    requests = stats.requests,
+                    retries = stats.retries,
+                    "Wrote a group of plays"
+                );
             }
             Err(e) => tracing::debug!(plays = n, error = %e, "Group of plays not written"),
         }
@@ -414,7 +419,8 @@ impl ReaderContext {
                     state.report.repaired += opts.transform.apply(&mut play);
                     chunk.push(play);
                     if chunk.len() >= opts.chunk_rows {
-                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(opts.chunk_rows));
+                        let full =
+                            std::mem::replace(&mut chunk, Vec::with_capacity(opts.chunk_rows));
                         if !self.send_chunk(full, state).await {
                             break ReadEnd::Abandoned;
                         }
@@ -444,7 +450,10 @@ impl ReaderContext {
             return ReadEnd::Abandoned;
         }
         if let Some(counter) = &opts.bytes_read {
-            counter.fetch_add(reader.bytes_read().saturating_sub(last_bytes), Ordering::Relaxed);
+            counter.fetch_add(
+                reader.bytes_read().saturating_sub(last_bytes),
+                Ordering::Relaxed,
+            );
         }
         state.report.counts = reader.counts();
         if rejects.written() > 0 {

@@ -136,7 +136,11 @@ pub async fn user(
 }
 
 /// Question 3: who listened to song T.
-pub async fn song(store: &Store, title: &str, format: Format) -> Result<(String, usize), StoreError> {
+pub async fn song(
+    store: &Store,
+    title: &str,
+    format: Format,
+) -> Result<(String, usize), StoreError> {
     let rows = store.listeners(title).await?;
     Ok((render(&rows, format), rows.len()))
 }

@@ -27,7 +27,9 @@ impl Backoff {
 
     /// The un-jittered delay of the next attempt.
     pub fn ceiling(&self) -> Duration {
-        let factor = 1u32.checked_shl(self.attempts.min(30) as u32).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(self.attempts.min(30) as u32)
+            .unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
     }
 

@@ -8,8 +8,8 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -49,7 +49,9 @@ pub fn init_logging(settings: &TelemetrySettings, daemon: bool) -> anyhow::Resul
     let result = if json {
         builder.json().flatten_event(true).try_init()
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
     // A second initialisation (tests running several commands in one process) keeps the first.
     let _ = result;
@@ -135,19 +137,40 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("sparkify_files_discovered_total", "Complete files handed to the pipeline");
+    describe_counter!(
+        "sparkify_files_discovered_total",
+        "Complete files handed to the pipeline"
+    );
     describe_counter!(
         "sparkify_files_total",
         "Files finished, by outcome: loaded, failed, duplicate (content already loaded), vanished, abandoned"
     );
     describe_counter!("sparkify_rows_read_total", "Records read after the header");
     describe_counter!("sparkify_song_plays_total", "Valid song plays read");
-    describe_counter!("sparkify_rows_skipped_total", "Events that are not song plays");
-    describe_counter!("sparkify_rows_rejected_total", "Song plays sent to a rejects file");
-    describe_counter!("sparkify_values_repaired_total", "Text values repaired (multiply-encoded UTF-8)");
-    describe_counter!("sparkify_rows_written_total", "Rows acknowledged by the store, by table");
-    describe_counter!("sparkify_store_retries_total", "Store requests retried, by cause");
-    describe_counter!("sparkify_store_requests_total", "Requests sent to the store");
+    describe_counter!(
+        "sparkify_rows_skipped_total",
+        "Events that are not song plays"
+    );
+    describe_counter!(
+        "sparkify_rows_rejected_total",
+        "Song plays sent to a rejects file"
+    );
+    describe_counter!(
+        "sparkify_values_repaired_total",
+        "Text values repaired (multiply-encoded UTF-8)"
+    );
+    describe_counter!(
+        "sparkify_rows_written_total",
+        "Rows acknowledged by the store, by table"
+    );
+    describe_counter!(
+        "sparkify_store_retries_total",
+        "Store requests retried, by cause"
+    );
+    describe_counter!(
+        "sparkify_store_requests_total",
+        "Requests sent to the store"
+    );
     describe_histogram!(
         "sparkify_write_duration_seconds",
         Unit::Seconds,
@@ -158,14 +181,23 @@ fn describe_metrics() {
         Unit::Seconds,
         "From a file found complete to its ledger entry"
     );
-    describe_gauge!("sparkify_store_requests_in_flight", "Store requests outstanding");
-    describe_gauge!("sparkify_queue_depth", "Items waiting, by queue: files, chunks");
+    describe_gauge!(
+        "sparkify_store_requests_in_flight",
+        "Store requests outstanding"
+    );
+    describe_gauge!(
+        "sparkify_queue_depth",
+        "Items waiting, by queue: files, chunks"
+    );
     describe_gauge!(
         "sparkify_last_load_timestamp_seconds",
         Unit::Seconds,
         "Unix time of the last file loaded"
     );
-    describe_gauge!("sparkify_store_up", "1 when the store answers, 0 during an outage");
+    describe_gauge!(
+        "sparkify_store_up",
+        "1 when the store answers, 0 during an outage"
+    );
 }
 
 #[derive(Clone)]
@@ -195,7 +227,10 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     match s.health.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -181,7 +181,15 @@ mod tests {
 
     #[test]
     fn leaves_correct_and_ambiguous_text_alone() {
-        for s in ["Björk", "Café", "東京", "Motörhead", "plain", "Ã", "naïve Ã©lan ☃"] {
+        for s in [
+            "Björk",
+            "Café",
+            "東京",
+            "Motörhead",
+            "plain",
+            "Ã",
+            "naïve Ã©lan ☃",
+        ] {
             assert_eq!(repair_mojibake(s), None, "{s}");
         }
     }

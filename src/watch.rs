@@ -31,7 +31,10 @@ pub fn is_ignored_name(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return true;
     };
-    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part") || name.ends_with('~')
+    name.starts_with('.')
+        || name.ends_with(".tmp")
+        || name.ends_with(".part")
+        || name.ends_with('~')
 }
 
 /// A message from the rest of the daemon to the watcher.
@@ -389,7 +392,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.dir).map_err(|e| {
-        anyhow::anyhow!("cannot create the watched folder {}: {e}", settings.dir.display())
+        anyhow::anyhow!(
+            "cannot create the watched folder {}: {e}",
+            settings.dir.display()
+        )
     })?;
     let mut discovery = Discovery::new(&settings, &settings.dir, &excluded)?;
     // Watch before scanning, so that nothing landing in between is missed.
@@ -412,7 +418,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let rescan_every = Duration::from_secs(settings.rescan_secs.max(1));
-    let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
+    let mut rescan =
+        tokio::time::interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
     let mut ready = Vec::new();
     loop {
         tokio::select! {
@@ -486,7 +493,8 @@ mod tests {
         let old = dir.path().join("a.csv");
         std::fs::write(&old, "x").unwrap();
         let f = std::fs::File::options().write(true).open(&old).unwrap();
-        f.set_modified(SystemTime::now() - Duration::from_secs(60)).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
         std::fs::write(dir.path().join("b.csv"), "y").unwrap();
         std::fs::write(dir.path().join("c.txt"), "z").unwrap();
         std::fs::write(dir.path().join(".d.csv"), "z").unwrap();

@@ -46,10 +46,7 @@ pub fn keyspace_cql(s: &CassandraSettings) -> String {
                 .iter()
                 .map(|(dc, rf)| format!("'{dc}': {rf}"))
                 .collect();
-            format!(
-                "{{'class': 'NetworkTopologyStrategy', {}}}",
-                dcs.join(", ")
-            )
+            format!("{{'class': 'NetworkTopologyStrategy', {}}}", dcs.join(", "))
         }
     };
     format!(
@@ -130,7 +127,11 @@ impl CassandraStore {
         Err(not_ready())
     }
 
-    pub async fn song_in_session(&self, _s: i32, _i: i32) -> Result<Vec<SessionAnswer>, StoreError> {
+    pub async fn song_in_session(
+        &self,
+        _s: i32,
+        _i: i32,
+    ) -> Result<Vec<SessionAnswer>, StoreError> {
         Err(not_ready())
     }
 

@@ -14,9 +14,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    ListenerAnswer, SessionAnswer, StoreError, TABLES, UserAnswer, WriteStats, dump_line,
-};
+use super::{ListenerAnswer, SessionAnswer, StoreError, TABLES, UserAnswer, WriteStats, dump_line};
 use crate::config::EmbeddedSettings;
 use crate::extract::{ExtractCounts, SongPlay};
 use crate::ledger::{LedgerEntry, Status};
@@ -152,10 +150,8 @@ impl EmbeddedStore {
         plays: Arc<Vec<SongPlay>>,
         cancel: &CancellationToken,
     ) -> Result<WriteStats, StoreError> {
-        let mut backoff = crate::retry::Backoff::new(
-            Duration::from_millis(50),
-            Duration::from_secs(5),
-        );
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let writer = self.writer.clone();
             let batch = plays.clone();
@@ -402,8 +398,14 @@ pub fn write_plays(conn: &mut Connection, plays: &[SongPlay]) -> Result<WriteSta
         });
         for &i in &order {
             let r = plays[i as usize].session_row();
-            stmt.execute(params![r.sessionid, r.iteminsession, r.artist, r.song, r.length])
-                .map_err(classify)?;
+            stmt.execute(params![
+                r.sessionid,
+                r.iteminsession,
+                r.artist,
+                r.song,
+                r.length
+            ])
+            .map_err(classify)?;
         }
         let mut stmt = tx.prepare_cached(UPSERT_USER_SESSION).map_err(classify)?;
         order.sort_unstable_by_key(|&i| {

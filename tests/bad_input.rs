@@ -1,0 +1,573 @@
+//! A corpus of broken inputs. Every case is a file of its own in one folder, loaded by one run
+//! of the real binary: each must get its specific message (in the rejects file, or as the
+//! file's failure), the good rows around the bad one must still load, and nothing may crash.
+
+mod util;
+
+use std::collections::BTreeMap;
+
+use util::*;
+
+const HEADER: &str = "artist,auth,firstName,gender,itemInSession,lastName,length,level,location,method,page,registration,sessionId,song,status,ts,userId";
+
+/// A good song play of session `session`, as the real logs write it.
+fn row(session: u32, item: u32) -> String {
+    format!(
+        "Artist {session},Logged In,Ann,F,{item},Lee,201.5,free,\"Lansing, MI\",PUT,NextSong,1.54092E+12,{session},Song {session}-{item},200,1.54111E+12,7"
+    )
+}
+
+/// A song play with one field replaced (by header position).
+fn row_with(session: u32, item: u32, column: &str, value: &str) -> String {
+    let names: Vec<&str> = HEADER.split(',').collect();
+    let pos = names.iter().position(|n| *n == column).unwrap();
+    let mut fields: Vec<String> = vec![
+        format!("Artist {session}"),
+        "Logged In".into(),
+        "Ann".into(),
+        "F".into(),
+        item.to_string(),
+        "Lee".into(),
+        "201.5".into(),
+        "free".into(),
+        "\"Lansing, MI\"".into(),
+        "PUT".into(),
+        "NextSong".into(),
+        "1.54092E+12".into(),
+        session.to_string(),
+        format!("Song {session}-{item}"),
+        "200".into(),
+        "1.54111E+12".into(),
+        "7".into(),
+    ];
+    fields[pos] = value.to_string();
+    fields.join(",")
+}
+
+/// What a case must produce.
+enum Expect {
+    /// One reject at `line` naming `column` (empty for the whole record) with a reason
+    /// containing `reason`; `good` plays of the case's session loaded.
+    Reject {
+        line: u64,
+        column: &'static str,
+        reason: &'static str,
+        good: usize,
+    },
+    /// Loaded cleanly with this many plays of the case's session.
+    Loads { good: usize },
+    /// The file failed as a whole with a message containing this.
+    Fails { message: &'static str },
+}
+
+struct Case {
+    name: &'static str,
+    session: u32,
+    bytes: Vec<u8>,
+    expect: Expect,
+}
+
+fn text_file(lines: &[String]) -> Vec<u8> {
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s.into_bytes()
+}
+
+fn corpus() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut add = |name: &'static str, session: u32, bytes: Vec<u8>, expect: Expect| {
+        cases.push(Case {
+            name,
+            session,
+            bytes,
+            expect,
+        })
+    };
+    // Lines: 1 header, 2 good, 3 bad, 4 good — unless said otherwise.
+    let around = |s: u32, bad: String| text_file(&[HEADER.into(), row(s, 0), bad, row(s, 2)]);
+
+    add(
+        "short_row",
+        101,
+        around(101, row(101, 1).rsplit_once(',').unwrap().0.to_string()),
+        Expect::Reject {
+            line: 3,
+            column: "",
+            reason: "has 16 fields; the header has 17",
+            good: 2,
+        },
+    );
+    add(
+        "long_row",
+        102,
+        around(102, format!("{},extra", row(102, 1))),
+        Expect::Reject {
+            line: 3,
+            column: "",
+            reason: "has 18 fields; the header has 17",
+            good: 2,
+        },
+    );
+    add(
+        "session_not_integer",
+        103,
+        around(103, row_with(103, 1, "sessionId", "abc")),
+        Expect::Reject {
+            line: 3,
+            column: "sessionId",
+            reason: "is not an integer",
+            good: 2,
+        },
+    );
+    add(
+        "item_out_of_range",
+        104,
+        around(104, row_with(104, 1, "itemInSession", "3000000000")),
+        Expect::Reject {
+            line: 3,
+            column: "itemInSession",
+            reason: "is out of range; expected an integer from 0 to 2147483647",
+            good: 2,
+        },
+    );
+    add(
+        "negative_user",
+        105,
+        around(105, row_with(105, 1, "userId", "-5")),
+        Expect::Reject {
+            line: 3,
+            column: "userId",
+            reason: "is out of range",
+            good: 2,
+        },
+    );
+    add(
+        "empty_user_on_song_play",
+        106,
+        around(106, row_with(106, 1, "userId", "")),
+        Expect::Reject {
+            line: 3,
+            column: "userId",
+            reason: "is empty; expected an integer id",
+            good: 2,
+        },
+    );
+    add(
+        "length_not_a_number",
+        107,
+        around(107, row_with(107, 1, "length", "long")),
+        Expect::Reject {
+            line: 3,
+            column: "length",
+            reason: "is not a number",
+            good: 2,
+        },
+    );
+    add(
+        "negative_length",
+        108,
+        around(108, row_with(108, 1, "length", "-3.5")),
+        Expect::Reject {
+            line: 3,
+            column: "length",
+            reason: "is negative",
+            good: 2,
+        },
+    );
+    add(
+        "nan_length",
+        109,
+        around(109, row_with(109, 1, "length", "NaN")),
+        Expect::Reject {
+            line: 3,
+            column: "length",
+            reason: "is not a number",
+            good: 2,
+        },
+    );
+    add(
+        "invalid_utf8_artist",
+        110,
+        {
+            let mut b = format!("{HEADER}\n{}\n", row(110, 0)).into_bytes();
+            b.extend_from_slice(b"Bj\xf6rk,");
+            b.extend_from_slice(row(110, 1).split_once(',').unwrap().1.as_bytes());
+            b.extend_from_slice(format!("\n{}\n", row(110, 2)).as_bytes());
+            b
+        },
+        Expect::Reject {
+            line: 3,
+            column: "artist",
+            reason: "is not valid UTF-8",
+            good: 2,
+        },
+    );
+    add(
+        "binary_junk_line",
+        111,
+        {
+            let mut b = format!("{HEADER}\n{}\n", row(111, 0)).into_bytes();
+            b.extend_from_slice(&[0x00, 0xff, 0xfe, 0x01, b'j', b'u', b'n', b'k', 0x80, 0x9f]);
+            b.extend_from_slice(format!("\n{}\n", row(111, 2)).as_bytes());
+            b
+        },
+        Expect::Reject {
+            line: 3,
+            column: "",
+            reason: "has 1 fields; the header has 17",
+            good: 2,
+        },
+    );
+    add(
+        "huge_field",
+        112,
+        around(112, row_with(112, 1, "song", &"x".repeat(200_000))),
+        Expect::Reject {
+            line: 3,
+            column: "",
+            reason: "the bound is 65536 bytes (extract.max_record_bytes)",
+            good: 2,
+        },
+    );
+    add(
+        "unterminated_quote_at_end",
+        113,
+        text_file(&[
+            HEADER.into(),
+            row(113, 0),
+            row(113, 1),
+            row_with(113, 2, "song", "\"Never closed"),
+        ]),
+        // The open quote runs to the end of the file, so the record has too few fields.
+        Expect::Reject {
+            line: 4,
+            column: "",
+            reason: "fields; the header has 17",
+            good: 2,
+        },
+    );
+    add(
+        "quote_inside_unquoted_field",
+        114,
+        around(114, row_with(114, 1, "artist", "Des\"ree")),
+        Expect::Loads { good: 3 },
+    );
+    add(
+        "newline_inside_quoted_title_keeps_line_numbers",
+        115,
+        text_file(&[
+            HEADER.into(),
+            row_with(115, 0, "song", "\"Two\nLines\""),
+            row_with(115, 1, "sessionId", "x"),
+            row(115, 2),
+        ]),
+        // The quoted title spans lines 2-3, so the bad record starts on line 4.
+        Expect::Reject {
+            line: 4,
+            column: "sessionId",
+            reason: "is not an integer",
+            good: 2,
+        },
+    );
+    add(
+        "utf8_bom",
+        116,
+        {
+            let mut b = vec![0xef, 0xbb, 0xbf];
+            b.extend(text_file(&[HEADER.into(), row(116, 0), row(116, 1)]));
+            b
+        },
+        Expect::Loads { good: 2 },
+    );
+    add(
+        "crlf_line_endings",
+        117,
+        format!("{HEADER}\r\n{}\r\n{}\r\n", row(117, 0), row(117, 1)).into_bytes(),
+        Expect::Loads { good: 2 },
+    );
+    add(
+        "no_final_newline",
+        118,
+        format!("{HEADER}\n{}\n{}", row(118, 0), row(118, 1)).into_bytes(),
+        Expect::Loads { good: 2 },
+    );
+    add(
+        "crlf_line_numbers_and_blank_lines",
+        128,
+        format!(
+            "{HEADER}\r\n{}\r\n\r\n{}\r\n{}\r\n",
+            row(128, 0),
+            row_with(128, 1, "length", "x"),
+            row(128, 2)
+        )
+        .into_bytes(),
+        // Line 3 is blank, so the bad record is on line 4.
+        Expect::Reject {
+            line: 4,
+            column: "length",
+            reason: "is not a number",
+            good: 2,
+        },
+    );
+    add(
+        "empty_file",
+        119,
+        Vec::new(),
+        Expect::Fails {
+            message: "the file is empty",
+        },
+    );
+    add(
+        "header_only",
+        120,
+        format!("{HEADER}\r\n").into_bytes(),
+        Expect::Loads { good: 0 },
+    );
+    add(
+        "missing_columns",
+        121,
+        text_file(&[
+            "artist,firstName,itemInSession,lastName,length,sessionId".into(),
+            "A,Ann,0,Lee,1.0,121".into(),
+        ]),
+        Expect::Fails {
+            message: "line 1: the header lacks required column(s) song, userId",
+        },
+    );
+    add(
+        "reordered_columns",
+        122,
+        text_file(&[
+            "userId,song,sessionId,page,lastName,length,itemInSession,firstName,artist".into(),
+            "7,Song 122-0,122,NextSong,Lee,201.5,0,Ann,Artist 122".into(),
+            "7,Song 122-1,122,NextSong,Lee,201.5,1,Ann,Artist 122".into(),
+        ]),
+        Expect::Loads { good: 2 },
+    );
+    add(
+        "extra_columns",
+        123,
+        text_file(&[
+            format!("{HEADER},device,country"),
+            format!("{},ios,US", row(123, 0)),
+            format!("{},\"web, desktop\",FR", row(123, 1)),
+        ]),
+        Expect::Loads { good: 2 },
+    );
+    add(
+        "header_case_and_spaces",
+        124,
+        text_file(&[
+            HEADER
+                .split(',')
+                .map(|h| format!("  {}  ", h.to_uppercase()))
+                .collect::<Vec<_>>()
+                .join(","),
+            row(124, 0),
+        ]),
+        Expect::Loads { good: 1 },
+    );
+    add(
+        "bad_values_in_non_song_events_are_skipped",
+        125,
+        text_file(&[
+            HEADER.into(),
+            row(125, 0),
+            ",Logged Out,,,3,,,free,,GET,Home,,not-a-number,,200,1.54111E+12,".into(),
+            row_with(125, 1, "page", "Home"),
+        ]),
+        Expect::Loads { good: 1 },
+    );
+    add(
+        "spaces_around_ids",
+        126,
+        text_file(&[HEADER.into(), row_with(126, 0, "sessionId", " 126 ")]),
+        Expect::Loads { good: 1 },
+    );
+    add(
+        "duplicate_rows_are_one_play",
+        127,
+        text_file(&[HEADER.into(), row(127, 0), row(127, 0), row(127, 1)]),
+        Expect::Loads { good: 2 },
+    );
+    cases
+}
+
+fn rejects_of(sb: &Sandbox, name: &str) -> Vec<BTreeMap<String, String>> {
+    let path = sb.join(&format!("rejects/{name}.csv.rejects.csv"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut r = csv::ReaderBuilder::new()
+                .flexible(true)
+                .from_reader(text.as_bytes());
+            let header = r.headers().unwrap().clone();
+            r.records()
+                .map(|rec| {
+                    let rec = rec.unwrap();
+                    header
+                        .iter()
+                        .zip(rec.iter())
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+fn plays_of_session(sb: &Sandbox, session: u32) -> usize {
+    table_rows(&sb.db(), "song_plays_by_session")
+        .iter()
+        .filter(|r| r.split('|').next() == Some(&session.to_string()))
+        .count()
+}
+
+#[test]
+fn every_bad_input_gets_its_own_message_and_loses_nothing_else() {
+    let sb = Sandbox::new();
+    let dir = sb.join("bad");
+    std::fs::create_dir(&dir).unwrap();
+    let cases = corpus();
+    assert!(cases.len() >= 20);
+    for c in &cases {
+        std::fs::write(dir.join(format!("{}.csv", c.name)), &c.bytes).unwrap();
+    }
+    let out = sb.run(&["ingest", "bad"]);
+    // Two files failed as a whole, so the run exits 1 — after loading everything else.
+    assert_eq!(
+        code(&out),
+        1,
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let log = stderr(&out);
+    assert!(
+        stdout(&out).contains("files      26 loaded, 2 failed"),
+        "{}",
+        stdout(&out)
+    );
+
+    for c in &cases {
+        let rejects = rejects_of(&sb, c.name);
+        match &c.expect {
+            Expect::Reject {
+                line,
+                column,
+                reason,
+                good,
+            } => {
+                assert_eq!(rejects.len(), 1, "{}: {rejects:?}", c.name);
+                let r = &rejects[0];
+                assert_eq!(r["line"], line.to_string(), "{}", c.name);
+                assert_eq!(r["column"], *column, "{}", c.name);
+                assert!(r["reason"].contains(reason), "{}: {}", c.name, r["reason"]);
+                assert_eq!(plays_of_session(&sb, c.session), *good, "{}", c.name);
+                assert!(
+                    log.contains(&format!("{}.csv: ", c.name)) && log.contains("1 rejected"),
+                    "{}",
+                    c.name
+                );
+            }
+            Expect::Loads { good } => {
+                assert!(rejects.is_empty(), "{}: {rejects:?}", c.name);
+                assert_eq!(plays_of_session(&sb, c.session), *good, "{}", c.name);
+            }
+            Expect::Fails { message } => {
+                let line = log
+                    .lines()
+                    .find(|l| l.contains(&format!("{}.csv", c.name)))
+                    .unwrap_or_default();
+                assert!(line.starts_with("failed"), "{}: {line}", c.name);
+                assert!(line.contains(message), "{}: {line}", c.name);
+                assert_eq!(plays_of_session(&sb, c.session), 0, "{}", c.name);
+            }
+        }
+    }
+
+    // The rejects file keeps the original fields next to the reason.
+    let r = &rejects_of(&sb, "session_not_integer")[0];
+    assert_eq!(r["value"], "abc");
+    assert_eq!(r["sessionId"], "abc");
+    assert_eq!(r["artist"], "Artist 103");
+    assert_eq!(r["location"], "Lansing, MI");
+
+    // Values round-trip through the odd layouts.
+    let out = sb.run(&["query", "user", "7", "122", "--format", "csv"]);
+    assert_eq!(
+        stdout(&out),
+        "iteminsession,artist,song,firstname,lastname\n0,Artist 122,Song 122-0,Ann,Lee\n1,Artist 122,Song 122-1,Ann,Lee\n"
+    );
+    let out = sb.run(&["query", "session", "114", "1", "--format", "csv"]);
+    assert_eq!(
+        stdout(&out),
+        "artist,song,length\n\"Des\"\"ree\",Song 114-1,201.5\n"
+    );
+
+    // The failed files are in the ledger with their reason.
+    let status = sb.run(&["status", "--format", "json"]);
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&stdout(&status)).unwrap();
+    let failed: Vec<&serde_json::Value> =
+        entries.iter().filter(|e| e["status"] == "failed").collect();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().any(|e| {
+        e["reason"]
+            .as_str()
+            .unwrap()
+            .contains("lacks required column(s) song, userId")
+    }));
+}
+
+#[test]
+fn strict_makes_rejects_fatal_and_validate_flags_them() {
+    let sb = Sandbox::new();
+    let dir = sb.join("in");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("a.csv"),
+        text_file(&[HEADER.into(), row(1, 0), row_with(1, 1, "length", "x")]),
+    )
+    .unwrap();
+    let out = sb.run(&["ingest", "--strict", "in"]);
+    assert_eq!(code(&out), 1);
+    assert_eq!(
+        plays_of_session(&sb, 1),
+        1,
+        "good rows still load under --strict"
+    );
+    let out = sb.run(&["ingest", "--force", "in"]);
+    assert_eq!(code(&out), 0, "rejects alone are not fatal");
+
+    let out = sb.run(&["validate", "in"]);
+    assert_eq!(code(&out), 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("a.csv: 2 rows, 1 song plays, 0 skipped, 1 rejected"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "line 3: column length = \"x\": is not a number; expected a length in seconds"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_rejects_file_from_an_earlier_load_does_not_outlive_a_clean_one() {
+    let sb = Sandbox::new();
+    let dir = sb.join("in");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("day.csv");
+    std::fs::write(
+        &file,
+        text_file(&[HEADER.into(), row_with(1, 0, "userId", "")]),
+    )
+    .unwrap();
+    assert_eq!(code(&sb.run(&["ingest", "in"])), 0);
+    assert_eq!(rejects_of(&sb, "day").len(), 1);
+    std::fs::write(&file, text_file(&[HEADER.into(), row(1, 0)])).unwrap();
+    assert_eq!(code(&sb.run(&["ingest", "in"])), 0);
+    assert!(rejects_of(&sb, "day").is_empty());
+}
