@@ -47,7 +47,10 @@ fn loads_every_song_play_of_the_real_sample() {
         .map(|e| (e.get("song"), e.int("userId")))
         .collect();
     let db = sb.db();
-    assert_eq!(table_rows(&db, "song_plays_by_session").len(), by_session.len());
+    assert_eq!(
+        table_rows(&db, "song_plays_by_session").len(),
+        by_session.len()
+    );
     assert_eq!(
         table_rows(&db, "song_plays_by_user_session").len(),
         by_user_session.len()
@@ -61,7 +64,12 @@ fn loads_every_song_play_of_the_real_sample() {
     assert_eq!(entries.len(), 30);
     let first = entries
         .iter()
-        .find(|e| e["path"].as_str().unwrap().ends_with("2018-11-01-events.csv"))
+        .find(|e| {
+            e["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("2018-11-01-events.csv")
+        })
         .unwrap();
     assert_eq!(first["status"], "loaded");
     assert_eq!(first["rows"], 15);
@@ -76,7 +84,11 @@ fn the_three_questions_answer_from_the_sample() {
     let plays: Vec<&Event> = events.iter().filter(|e| e.is_song_play()).collect();
 
     // Question 1, for several (session, item) pairs spread over the sample.
-    for e in plays.iter().step_by(911).filter(|e| e.get("artist").is_ascii()) {
+    for e in plays
+        .iter()
+        .step_by(911)
+        .filter(|e| e.get("artist").is_ascii())
+    {
         let out = sb.run(&[
             "query",
             "session",
@@ -165,7 +177,13 @@ fn the_three_questions_answer_from_the_sample() {
         let want: Vec<(String, String)> = expected.into_values().collect();
         assert_eq!(got, want, "{title}");
     }
-    let out = sb.run(&["query", "song", "All Hands Against His Own", "--format", "csv"]);
+    let out = sb.run(&[
+        "query",
+        "song",
+        "All Hands Against His Own",
+        "--format",
+        "csv",
+    ]);
     assert_eq!(
         stdout(&out),
         "firstname,lastname\nJacqueline,Lynch\nTegan,Levine\nSara,Johnson\n"
@@ -187,7 +205,10 @@ fn multiply_encoded_text_is_repaired_unless_disabled() {
     assert_eq!(summary["repaired"], 0);
     let rows = table_rows(&raw.db(), "song_plays_by_session");
     // Byte for byte as in the file: "Bj" + U+00C3 U+0083 U+00C2 U+00B6 + "rk".
-    assert!(rows.iter().any(|r| r.contains("|Bj\u{c3}\u{83}\u{c2}\u{b6}rk|")));
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("|Bj\u{c3}\u{83}\u{c2}\u{b6}rk|"))
+    );
 }
 
 #[test]
@@ -202,7 +223,11 @@ fn loading_twice_changes_nothing_and_force_reloads_the_same() {
     assert_eq!(again["loaded"], 0);
     assert_eq!(again["plays"], 0);
     assert_eq!(all_tables(&sb.db()), tables);
-    assert_eq!(table_rows(&sb.db(), "ingest_ledger"), ledger, "ledger untouched");
+    assert_eq!(
+        table_rows(&sb.db(), "ingest_ledger"),
+        ledger,
+        "ledger untouched"
+    );
 
     let forced = ingest_sample(&sb, &["--force"]);
     assert_eq!(forced["loaded"], 30);
@@ -214,7 +239,12 @@ fn loading_twice_changes_nothing_and_force_reloads_the_same() {
 #[test]
 fn extract_writes_the_combined_csv() {
     let sb = Sandbox::new();
-    let out = sb.run(&["extract", sample_dir().to_str().unwrap(), "-o", "combined.csv"]);
+    let out = sb.run(&[
+        "extract",
+        sample_dir().to_str().unwrap(),
+        "-o",
+        "combined.csv",
+    ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = std::fs::read_to_string(sb.join("combined.csv")).unwrap();
     let rows = parse_csv(&text);
@@ -275,12 +305,19 @@ fn configuration_layers_and_refusals() {
     let sb = Sandbox::new();
     // Environment override of the store path.
     let out = sb
-        .cmd(&["ingest", "--quiet", sample_dir().join("2018-11-01-events.csv").to_str().unwrap()])
+        .cmd(&[
+            "ingest",
+            "--quiet",
+            sample_dir().join("2018-11-01-events.csv").to_str().unwrap(),
+        ])
         .env("SPARKIFY_EMBEDDED__PATH", sb.join("env.db"))
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(table_rows(&sb.join("env.db"), "song_plays_by_session").len(), 11);
+    assert_eq!(
+        table_rows(&sb.join("env.db"), "song_plays_by_session").len(),
+        11
+    );
 
     // A file layer, then --set over the environment.
     std::fs::write(sb.join("my.toml"), "[embedded]\npath = \"file.db\"\n").unwrap();
@@ -297,7 +334,11 @@ fn configuration_layers_and_refusals() {
     std::fs::write(sb.join("bad.toml"), "[embeded]\npath = \"x.db\"\n").unwrap();
     let out = sb.run(&["--config", "bad.toml", "config", "check"]);
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("unknown field `embeded`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown field `embeded`"),
+        "{}",
+        stderr(&out)
+    );
     let out = sb.run(&["--set", "watch.mode=inotify", "config", "check"]);
     assert_eq!(code(&out), 2);
     assert!(
@@ -311,7 +352,11 @@ fn configuration_layers_and_refusals() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("pipeline.chunk_rows"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pipeline.chunk_rows"),
+        "{}",
+        stderr(&out)
+    );
     let out = sb.run(&["config", "check"]);
     assert_eq!(code(&out), 0);
 }

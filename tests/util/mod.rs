@@ -44,7 +44,10 @@ impl Sandbox {
             .env("SPARKIFY_TELEMETRY__HTTP_ADDR", "")
             .env("SPARKIFY_TELEMETRY__LOG_FORMAT", "text");
         for (k, _) in std::env::vars() {
-            if k.starts_with("SPARKIFY_") && k != "SPARKIFY_TELEMETRY__HTTP_ADDR" && k != "SPARKIFY_TELEMETRY__LOG_FORMAT" {
+            if k.starts_with("SPARKIFY_")
+                && k != "SPARKIFY_TELEMETRY__HTTP_ADDR"
+                && k != "SPARKIFY_TELEMETRY__LOG_FORMAT"
+            {
                 c.env_remove(k);
             }
         }
@@ -121,10 +124,14 @@ pub fn table_rows(db: &Path, table: &str) -> Vec<String> {
 
 /// The three query tables, for comparing whole runs.
 pub fn all_tables(db: &Path) -> BTreeMap<&'static str, Vec<String>> {
-    ["song_plays_by_session", "song_plays_by_user_session", "listeners_by_song"]
-        .into_iter()
-        .map(|t| (t, table_rows(db, t)))
-        .collect()
+    [
+        "song_plays_by_session",
+        "song_plays_by_user_session",
+        "listeners_by_song",
+    ]
+    .into_iter()
+    .map(|t| (t, table_rows(db, t)))
+    .collect()
 }
 
 /// One event of the sample, read with the `csv` crate by header name — independent of the
@@ -142,7 +149,9 @@ impl Event {
         self.get(k).parse().unwrap()
     }
     pub fn is_song_play(&self) -> bool {
-        self.get("page") == "NextSong" && !self.get("artist").is_empty() && !self.get("song").is_empty()
+        self.get("page") == "NextSong"
+            && !self.get("artist").is_empty()
+            && !self.get("song").is_empty()
     }
 }
 
