@@ -690,7 +690,11 @@ fn compose_runs_three_scylla_nodes_and_a_valid_sparkify_on_them() {
     let services = get(&compose, &["services"]).as_mapping().expect("services");
     let scylla: Vec<(String, &Value)> = services
         .iter()
-        .filter(|(_, s)| text(get(s, &["image"])).starts_with("scylladb/scylla"))
+        .filter(|(_, s)| {
+            s.get("image")
+                .and_then(Value::as_str)
+                .is_some_and(|image| image.starts_with("scylladb/scylla"))
+        })
         .map(|(name, s)| (text(name), s))
         .collect();
     assert_eq!(scylla.len(), 3, "a three-node ScyllaDB cluster");
