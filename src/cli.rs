@@ -290,9 +290,17 @@ fn config_command(cmd: &ConfigCommand, cli: &Cli, settings: &Settings) -> u8 {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "defaults and environment".into());
+            let problems = settings.check_files();
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("sparkify: error: configuration: {p}");
+                }
+                return EXIT_CONFIG;
+            }
             println!(
-                "configuration OK ({source}; store {:?})",
-                settings.store.kind
+                "configuration OK ({source}; store {}, watching {})",
+                settings.store.kind.as_str(),
+                settings.watch.dir.display()
             );
             0
         }

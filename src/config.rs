@@ -21,7 +21,7 @@ pub const DEFAULT_FILE: &str = "config/default.toml";
 pub enum ConfigError {
     /// A file, variable or override could not be read or did not match the settings.
     #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     /// A value was read but is outside what the setting accepts.
     #[error("configuration: `{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
@@ -80,6 +80,14 @@ macro_rules! choice {
             }
         }
     };
+}
+
+// Not `#[from]`: that would make the loader's error both the message and its source, and
+// error reports print the chain, so the text would appear twice.
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        ConfigError::Load(e)
+    }
 }
 
 /// Every setting of the program.
@@ -461,16 +469,34 @@ impl Settings {
                     .required(true),
             );
         }
-        let mut env = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("_")
-            .separator("__")
-            .list_separator(",")
-            .with_list_parse_key("cassandra.nodes")
-            .try_parsing(true);
-        if let Some(vars) = &sources.env {
-            env = env.source(Some(vars.clone().into_iter().collect()));
+        // Only SPARKIFY_<SECTION>__<KEY> names are settings (SPARKIFY_CONFIG, for one, is the
+        // --config flag). Values stay text: serde turns them into numbers or booleans where a
+        // setting wants one, so a username such as "007" is not read as the number 7.
+        let vars: std::collections::HashMap<String, String> = match &sources.env {
+            Some(vars) => vars.clone().into_iter().collect(),
+            None => std::env::vars().collect(),
+        };
+        let prefix = format!("{ENV_PREFIX}_");
+        let vars: std::collections::HashMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && k[prefix.len()..].contains("__"))
+            .collect();
+        let nodes_var = format!("{prefix}CASSANDRA__NODES");
+        let nodes: Option<Vec<String>> = vars.get(&nodes_var).map(|v| {
+            v.split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect()
+        });
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(vars)),
+        );
+        if let Some(nodes) = nodes {
+            builder = builder.set_override("cassandra.nodes", nodes)?;
         }
-        builder = builder.add_source(env);
         for pair in &sources.overrides {
             let (key, value) = pair
                 .split_once('=')
@@ -576,6 +602,36 @@ impl Settings {
         Ok(())
     }
 
+    /// Files the settings name that must be readable for the configured store
+    /// (`sparkify config check`); one message per problem.
+    pub fn check_files(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.store.kind != StoreKind::Cassandra {
+            return problems;
+        }
+        let c = &self.cassandra;
+        let mut need = vec![("cassandra.password_file", &c.password_file)];
+        if c.tls.enabled {
+            need.push(("cassandra.tls.ca_file", &c.tls.ca_file));
+            need.push(("cassandra.tls.cert_file", &c.tls.cert_file));
+            need.push(("cassandra.tls.key_file", &c.tls.key_file));
+        }
+        for (key, path) in need {
+            if !path.is_empty()
+                && let Err(e) = std::fs::File::open(path)
+            {
+                problems.push(format!("`{key}` is {path:?}, which cannot be read: {e}"));
+            }
+        }
+        if c.tls.cert_file.is_empty() != c.tls.key_file.is_empty() {
+            problems.push(
+                "`cassandra.tls.cert_file` and `cassandra.tls.key_file` go together; set both or neither"
+                    .into(),
+            );
+        }
+        problems
+    }
+
     /// The effective settings as TOML, with secrets masked (`sparkify config show`).
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
@@ -619,6 +675,23 @@ mod tests {
         assert_eq!(s.pipeline.readers, 3);
         assert_eq!(s.cassandra.nodes, vec!["a:9042", "b:9042"]);
         assert!(!s.transform.repair_mojibake);
+    }
+
+    #[test]
+    fn environment_text_stays_text_and_other_names_are_ignored() {
+        let s = load(
+            &[
+                ("SPARKIFY_CASSANDRA__USERNAME", "007"),
+                ("SPARKIFY_CASSANDRA__KEYSPACE", "1e5"),
+                ("SPARKIFY_CONFIG", "/etc/sparkify/sparkify.toml"),
+                ("SPARKIFY_EXTRACT__MAX_RECORD_BYTES", "4096"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.cassandra.username, "007");
+        assert_eq!(s.cassandra.keyspace, "1e5");
+        assert_eq!(s.extract.max_record_bytes, 4096);
     }
 
     #[test]

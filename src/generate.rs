@@ -49,6 +49,10 @@ pub struct GenerateArgs {
     /// Seed: the same seed gives the same bytes.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Session id of the first session; give successive batches disjoint ranges so that each
+    /// play keeps its own key.
+    #[arg(long, default_value_t = 1)]
+    pub first_session: u32,
     /// Folder to write into (created if missing).
     pub dir: PathBuf,
 }
@@ -237,13 +241,19 @@ fn file_name(i: u32) -> String {
 }
 
 /// Writes `rows` events over `files` files into `dir`.
-pub fn generate(dir: &Path, rows: u64, files: u32, seed: u64) -> std::io::Result<Generated> {
+pub fn generate(
+    dir: &Path,
+    rows: u64,
+    files: u32,
+    seed: u64,
+    first_session: u32,
+) -> std::io::Result<Generated> {
     std::fs::create_dir_all(dir)?;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let cat = catalogue(&mut rng, rows);
     let files = files.max(1);
     let mut out = Generated::default();
-    let mut next_session = 1u32;
+    let mut next_session = first_session;
     let mut ts = 1.5410e12;
     for f in 0..files {
         let share = rows / u64::from(files) + u64::from(u64::from(f) < rows % u64::from(files));
@@ -374,7 +384,13 @@ fn zipf_index(rng: &mut Xoshiro256PlusPlus, n: usize) -> usize {
 /// `sparkify generate`.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
     let started = std::time::Instant::now();
-    let g = generate(&args.dir, args.rows, args.files, args.seed)?;
+    let g = generate(
+        &args.dir,
+        args.rows,
+        args.files,
+        args.seed,
+        args.first_session,
+    )?;
     println!(
         "wrote {} files to {}: {} events, {} song plays, {} bytes in {:.2} s",
         g.files.len(),

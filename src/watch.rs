@@ -119,6 +119,14 @@ impl Discovery {
         if is_ignored_name(path) {
             return None;
         }
+        // Hidden folders (".staging/") are where producers assemble files before moving them.
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        if rel.parent().is_some_and(|p| {
+            p.components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        }) {
+            return None;
+        }
         let name = path.file_name()?;
         if !self.matcher.is_match(Path::new(name)) {
             return None;
@@ -409,10 +417,12 @@ pub async fn run(
     health.set_watcher(true);
     let initial = discovery.startup();
     tracing::info!(dir = %discovery.root().display(), files = initial.len(), waiting = discovery.pending_len(), mode = ?settings.mode, "Watching folder");
+    // Ready once the scan is done: a large backlog is then loaded while the daemon counts as
+    // started (systemd would otherwise time the start-up out).
+    let _ = started.send(());
     if !queue_all(&jobs, initial, &shutdown).await {
         return Ok(());
     }
-    let _ = started.send(());
 
     let tick_every = Duration::from_millis((settings.settle_ms / 4).clamp(20, 250));
     let mut tick = tokio::time::interval(tick_every);
@@ -552,11 +562,13 @@ mod tests {
     }
 
     #[test]
-    fn excluded_folders_are_skipped() {
+    fn excluded_and_hidden_folders_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("done")).unwrap();
         std::fs::write(dir.path().join("done/a.csv"), "x").unwrap();
         std::fs::write(dir.path().join("b.csv"), "x").unwrap();
+        std::fs::create_dir(dir.path().join(".staging")).unwrap();
+        std::fs::write(dir.path().join(".staging/c.csv"), "x").unwrap();
         let d = Discovery::new(&settings(0), dir.path(), &[dir.path().join("done")]).unwrap();
         let names: Vec<_> = d
             .scan()

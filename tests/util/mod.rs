@@ -196,3 +196,216 @@ pub fn parse_csv(text: &str) -> Vec<BTreeMap<String, String>> {
         })
         .collect()
 }
+
+/// A `sparkify run` subprocess with its JSON log lines collected as they come.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Settings every daemon test uses: a short settle time and rescan period, JSON logs.
+pub const DAEMON_ENV: &[(&str, &str)] = &[
+    ("SPARKIFY_WATCH__SETTLE_MS", "400"),
+    ("SPARKIFY_WATCH__RESCAN_SECS", "2"),
+    ("SPARKIFY_PIPELINE__SHUTDOWN_TIMEOUT_SECS", "10"),
+    ("SPARKIFY_TELEMETRY__READINESS_PROBE_MS", "200"),
+];
+
+impl Daemon {
+    /// Starts `sparkify run` in the sandbox, watching `<sandbox>/event_data`.
+    pub fn start(sb: &Sandbox, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = sb.cmd(&["run"]);
+        cmd.env("SPARKIFY_TELEMETRY__LOG_FORMAT", "json")
+            .env("SPARKIFY_WATCH__DIR", sb.join("event_data"));
+        for (k, v) in DAEMON_ENV.iter().chain(env) {
+            cmd.env(k, v);
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("sparkify run starts");
+        let stderr = child.stderr.take().unwrap();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "unparsed": line }));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        Daemon {
+            child,
+            logs,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Log lines so far.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Log lines with this message.
+    pub fn messages(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect()
+    }
+
+    /// Waits until a log line with this message appears; returns it.
+    pub fn wait_for_message(
+        &self,
+        message: &str,
+        timeout: std::time::Duration,
+    ) -> serde_json::Value {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(l) = self.messages(message).into_iter().next() {
+                return l;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no log line {message:?} within {timeout:?}; logs: {:#?}",
+                self.log_lines()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The bound HTTP address, when the endpoint is on.
+    pub fn http_addr(&self) -> String {
+        let l = self.wait_for_message(
+            "Serving /metrics, /healthz and /readyz",
+            std::time::Duration::from_secs(30),
+        );
+        l["addr"].as_str().unwrap().to_string()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code (None if killed by a signal).
+    pub fn wait(
+        mut self,
+        timeout: std::time::Duration,
+    ) -> (Option<i32>, std::time::Duration, Vec<serde_json::Value>) {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return (status.code(), start.elapsed(), self.log_lines());
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!(
+                    "sparkify did not exit within {timeout:?}; logs: {:#?}",
+                    self.log_lines()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(self) -> i32 {
+        self.signal("TERM");
+        let (code, _, logs) = self.wait(std::time::Duration::from_secs(30));
+        code.unwrap_or_else(|| panic!("killed by a signal; logs: {logs:#?}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Ledger entries in the SQLite file (0 when the file or table does not exist yet).
+pub fn ledger_count(db: &Path, status: &str) -> usize {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row(
+        "SELECT count(*) FROM ingest_ledger WHERE status = ?1",
+        [status],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as usize)
+    .unwrap_or(0)
+}
+
+/// Waits until `cond` holds, polling every 20 ms.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Writes `bytes` under a hidden temporary name next to `dest`, then renames into place —
+/// the way producers should drop files.
+pub fn drop_by_rename(dest: &Path, bytes: &[u8]) {
+    let tmp = dest.with_file_name(format!(
+        ".{}.tmp",
+        dest.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// Loads `dir` with `sparkify ingest` into a fresh database in its own sandbox, and returns
+/// the three tables: what one clean run produces.
+pub fn clean_run_tables(dir: &Path) -> BTreeMap<&'static str, Vec<String>> {
+    let sb = Sandbox::new();
+    let out = sb.run(&["ingest", "--quiet", dir.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    all_tables(&sb.db())
+}
+
+/// Compares whole table sets, reporting sizes and the first differing rows (not the tables).
+pub fn assert_tables_eq(
+    got: &BTreeMap<&'static str, Vec<String>>,
+    want: &BTreeMap<&'static str, Vec<String>>,
+    context: &str,
+) {
+    for (table, want_rows) in want {
+        let got_rows = &got[table];
+        if got_rows == want_rows {
+            continue;
+        }
+        let g: std::collections::BTreeSet<&String> = got_rows.iter().collect();
+        let w: std::collections::BTreeSet<&String> = want_rows.iter().collect();
+        let missing: Vec<&&String> = w.difference(&g).take(5).collect();
+        let extra: Vec<&&String> = g.difference(&w).take(5).collect();
+        panic!(
+            "{context}: {table} has {} rows, expected {}; missing {missing:?}; unexpected {extra:?}",
+            got_rows.len(),
+            want_rows.len()
+        );
+    }
+}
