@@ -779,11 +779,24 @@ impl CassandraStore {
         let mut shown = settings.clone();
         shown.password = String::new();
         let store_settings = shown;
-        if settings.create_schema {
-            create_schema(&session, settings).await?;
-        }
-        check_schema(&session, &settings.keyspace).await?;
-        let statements = prepare_all(&session, &settings.keyspace).await?;
+        // Connected, but a node may still shed load or drop a connection: those steps are
+        // idempotent, so they are retried here rather than failing a one-shot command.
+        let started = Instant::now();
+        let mut backoff = Backoff::new(
+            Duration::from_millis(settings.retry_initial_ms),
+            Duration::from_millis(settings.retry_max_ms),
+        );
+        let statements = loop {
+            match set_up(&session, settings).await {
+                Ok(statements) => break statements,
+                Err(e) if e.is_transient() && started.elapsed() < LEDGER_PATIENCE => {
+                    let delay = backoff.next_delay();
+                    tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "Retrying the schema set-up");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(CassandraStore {
             permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
             settings: store_settings,
@@ -1196,6 +1209,15 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         metrics::gauge!("sparkify_store_requests_in_flight").decrement(1.0);
     }
+}
+
+/// Creates (when configured) and checks the schema, then prepares every statement.
+async fn set_up(session: &Session, settings: &CassandraSettings) -> Result<Statements, StoreError> {
+    if settings.create_schema {
+        create_schema(session, settings).await?;
+    }
+    check_schema(session, &settings.keyspace).await?;
+    prepare_all(session, &settings.keyspace).await
 }
 
 /// Runs one DDL statement; the driver waits for schema agreement after each.
