@@ -64,15 +64,15 @@ fn writes() -> Condition {
     )
 }
 
+/// A frame a rule acted on, as the proxy reports it.
+type Seen = (RequestFrame, Option<u16>);
+
 /// Counts frames a rule acted on.
-fn counter() -> (
-    mpsc::UnboundedSender<(RequestFrame, Option<u16>)>,
-    mpsc::UnboundedReceiver<(RequestFrame, Option<u16>)>,
-) {
+fn counter() -> (mpsc::UnboundedSender<Seen>, mpsc::UnboundedReceiver<Seen>) {
     mpsc::unbounded_channel()
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<(RequestFrame, Option<u16>)>) -> usize {
+fn drain(rx: &mut mpsc::UnboundedReceiver<Seen>) -> usize {
     let mut n = 0;
     while rx.try_recv().is_ok() {
         n += 1;

@@ -270,9 +270,9 @@ fn schema_differences(
                 ));
                 continue;
             };
-            if !got.ty.eq_ignore_ascii_case(want.ty)
-                && !(want.ty == "text" && got.ty.eq_ignore_ascii_case("varchar"))
-            {
+            let same_type = got.ty.eq_ignore_ascii_case(want.ty)
+                || (want.ty == "text" && got.ty.eq_ignore_ascii_case("varchar"));
+            if !same_type {
                 problems.push(format!(
                     "column {ks}.{table}.{} is {}, expected {}",
                     want.name, got.ty, want.ty
@@ -1481,8 +1481,10 @@ mod tests {
 
     #[test]
     fn datacenter_names_cannot_break_out_of_the_literal() {
-        let mut s = CassandraSettings::default();
-        s.replication_strategy = ReplicationStrategy::NetworkTopologyStrategy;
+        let mut s = CassandraSettings {
+            replication_strategy: ReplicationStrategy::NetworkTopologyStrategy,
+            ..Default::default()
+        };
         s.datacenters.insert("dc'1".into(), 3);
         assert!(
             keyspace_cql(&s).contains("'dc''1': 3"),
@@ -1638,8 +1640,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("pw");
         std::fs::write(&file, "s3cret\nignored\n").unwrap();
-        let mut s = CassandraSettings::default();
-        s.password_file = file.display().to_string();
+        let s = CassandraSettings {
+            password_file: file.display().to_string(),
+            ..Default::default()
+        };
         assert_eq!(password(&s).unwrap(), "s3cret");
         std::fs::remove_file(&file).unwrap();
         let err = password(&s).unwrap_err().to_string();

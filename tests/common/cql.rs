@@ -124,7 +124,7 @@ impl Emulator {
                         .collect()
                 })
                 .unwrap_or_default();
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
             dump.insert(table, rows.into_iter().map(|r| r.1).collect());
         }
         dump
@@ -149,18 +149,6 @@ impl Cell {
             Some(ValueSnapshot::Double(d)) => Cell::Double(*d),
             _ => Cell::Missing,
         }
-    }
-
-    fn cmp(&self, other: &Cell) -> std::cmp::Ordering {
-        self.partial_cmp(other).unwrap_or(std::cmp::Ordering::Equal)
-    }
-}
-
-impl Eq for Cell {}
-
-impl Ord for Cell {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        Cell::cmp(self, other)
     }
 }
 
