@@ -64,6 +64,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         tracing::info!(addr = %bound, "Serving /metrics, /healthz and /readyz");
     }
 
+    // Every series exists from the start, so dashboards and alerts see zeros, not gaps.
+    for outcome in ["loaded", "failed", "duplicate", "vanished", "abandoned"] {
+        metrics::counter!("sparkify_files_total", "outcome" => outcome).increment(0);
+    }
+    for table in crate::store::TABLES {
+        metrics::counter!("sparkify_rows_written_total", "table" => table).increment(0);
+    }
+    for name in [
+        "sparkify_files_discovered_total",
+        "sparkify_rows_read_total",
+        "sparkify_song_plays_total",
+        "sparkify_rows_skipped_total",
+        "sparkify_rows_rejected_total",
+        "sparkify_values_repaired_total",
+        "sparkify_store_requests_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!("sparkify_store_requests_in_flight").set(0.0);
     tokio::pin!(shutdown);
     let store = tokio::select! {
         store = open_store_patiently(&settings, &health) => store?,

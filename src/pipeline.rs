@@ -116,6 +116,60 @@ impl PipelineOptions {
     }
 }
 
+/// Content being loaded right now, by hash. A second file with the same bytes (a copy dropped
+/// while the first is still in flight) waits for the first to be ledgered, then finds it in the
+/// ledger and is skipped — instead of both loading and one ledger entry hiding the other.
+#[derive(Default)]
+struct InFlight {
+    files: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+/// Holds a content hash in [`InFlight`] until dropped (after the file's ledger entry).
+struct Claim {
+    owner: Arc<InFlight>,
+    hash: String,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.owner
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.hash);
+        self.done.notify_waiters();
+    }
+}
+
+impl InFlight {
+    async fn claim(self: &Arc<Self>, hash: &str) -> Claim {
+        loop {
+            let mut wait = {
+                let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+                match files.get(hash) {
+                    None => {
+                        let done = Arc::new(tokio::sync::Notify::new());
+                        files.insert(hash.to_string(), done.clone());
+                        return Claim {
+                            owner: self.clone(),
+                            hash: hash.to_string(),
+                            done,
+                        };
+                    }
+                    Some(done) => {
+                        // Registered before the lock is released, so the wake-up cannot be missed.
+                        let mut wait = Box::pin(done.clone().notified_owned());
+                        wait.as_mut().enable();
+                        wait
+                    }
+                }
+            };
+            wait.as_mut().await;
+        }
+    }
+}
+
 /// Most rejects kept in a [`FileReport`].
 const SAMPLE_REJECTS: usize = 5;
 
@@ -150,6 +204,7 @@ pub async fn run(
         ));
     }
     let finalizers = tokio_util::task::TaskTracker::new();
+    let in_flight = Arc::new(InFlight::default());
     let mut readers = tokio::task::JoinSet::new();
     for _ in 0..options.readers {
         let jobs = jobs.clone();
@@ -160,6 +215,7 @@ pub async fn run(
             reports: reports.clone(),
             shutdown: shutdown.clone(),
             finalizers: finalizers.clone(),
+            in_flight: in_flight.clone(),
         };
         readers.spawn(async move {
             loop {
@@ -244,6 +300,7 @@ struct ReaderContext {
     reports: mpsc::UnboundedSender<FileReport>,
     shutdown: CancellationToken,
     finalizers: tokio_util::task::TaskTracker,
+    in_flight: Arc<InFlight>,
 }
 
 /// Where a file stands while it is read.
@@ -291,6 +348,7 @@ impl ReaderContext {
         };
         report.size = fp.size;
         report.content_hash = fp.content_hash.clone();
+        let claim = self.in_flight.claim(&fp.content_hash).await;
 
         if !self.options.force {
             match self.store.ledger_get(&fp.content_hash).await {
@@ -336,6 +394,8 @@ impl ReaderContext {
         let reports = self.reports.clone();
         let found_at = job.found_at;
         self.finalizers.spawn(async move {
+            // Released once the ledger entry is written (or the file is given up).
+            let _claim = claim;
             let mut store_error: Option<StoreError> = None;
             for _ in 0..chunks_sent {
                 match acks.recv().await {

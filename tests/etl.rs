@@ -237,6 +237,19 @@ fn loading_twice_changes_nothing_and_force_reloads_the_same() {
 }
 
 #[test]
+fn the_same_bytes_twice_in_one_run_load_once() {
+    let sb = Sandbox::new();
+    let dir = sb.copy_dir(&sample_dir(), "in");
+    std::fs::copy(dir.join("2018-11-15-events.csv"), dir.join("copy.csv")).unwrap();
+    let out = sb.run(&["ingest", "--format", "json", "--quiet", "in"]);
+    let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(summary["loaded"], 30);
+    assert_eq!(summary["duplicates"], 1);
+    assert_eq!(summary["plays"], 6820);
+    assert_eq!(table_rows(&sb.db(), "ingest_ledger").len(), 30);
+}
+
+#[test]
 fn extract_writes_the_combined_csv() {
     let sb = Sandbox::new();
     let out = sb.run(&[

@@ -60,6 +60,9 @@ const UPSERT_LISTENER: &str = "INSERT INTO listeners_by_song \
 /// The SQLite store.
 pub struct EmbeddedStore {
     path: PathBuf,
+    /// Device and inode of the file as opened: if the path stops leading to them (the file
+    /// was deleted, moved or its volume unmounted), writes would go to an orphan.
+    identity: Option<(u64, u64)>,
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
 }
@@ -128,6 +131,7 @@ impl EmbeddedStore {
             .map_err(context)?;
         let reader = open_connection(path, busy_timeout_ms).map_err(context)?;
         Ok(EmbeddedStore {
+            identity: file_identity(path),
             path: path.to_path_buf(),
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
@@ -163,6 +167,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             match result {
                 Ok(mut stats) => {
+                    metrics::counter!("sparkify_store_requests_total").increment(stats.requests);
                     stats.retries = backoff.attempts();
                     return Ok(stats);
                 }
@@ -313,7 +318,14 @@ impl EmbeddedStore {
         .await
     }
 
+    /// The file is still the one opened, and it answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if file_identity(&self.path) != self.identity {
+            return Err(StoreError::Unavailable(format!(
+                "{} was removed or replaced since it was opened",
+                self.path.display()
+            )));
+        }
         self.read(|c| c.query_row("SELECT count(*) FROM ingest_ledger", [], |_| Ok(())))
             .await
     }
@@ -360,6 +372,11 @@ impl EmbeddedStore {
         })
         .await
     }
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 const LEDGER_COLUMNS: &str = "content_hash, path, size, rows_read, song_plays, skipped, \
