@@ -402,19 +402,21 @@ async fn dropped_connections_mid_file_lose_nothing() {
     assert_complete(&out, &mut verifier, emulator).await;
 }
 
-/// (c) The daemon loses the cluster for four seconds mid-run: every connection, the control
-/// connection too, is dropped as soon as it sends anything. It waits, resumes by itself, and
-/// stops cleanly on SIGTERM.
+/// (c) The cluster is unreachable when the daemon starts, and again for four seconds mid-run:
+/// every connection, the control connection too, is dropped as soon as it sends anything. The
+/// daemon waits both times, resumes by itself, and stops cleanly on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_rides_out_an_outage() {
+async fn the_daemon_rides_out_outages() {
     let emulator = Emulator::start();
     let mut verifier = Verifier::new(&emulator).await;
-    let (seen_tx, mut seen) = counter();
-    let rules = vec![RequestRule(
-        writes(),
-        RequestReaction::noop().with_feedback_when_performed(seen_tx),
-    )];
-    let (mut running, addr) = proxy(emulator.addr, rules).await;
+    let nothing_gets_through = || {
+        Some(vec![RequestRule(
+            Condition::True,
+            RequestReaction::drop_connection(),
+        )])
+    };
+    let (mut running, addr) = proxy(emulator.addr, vec![]).await;
+    running.running_nodes[0].change_request_rules(nothing_gets_through());
     let sandbox = Sandbox::cassandra(addr, "");
     let watched = sandbox.path().join("in");
     std::fs::create_dir(&watched).unwrap();
@@ -428,53 +430,62 @@ async fn the_daemon_rides_out_an_outage() {
     let child = cmd.spawn().expect("daemon starts");
     let pid = child.id().expect("pid");
     let started = Instant::now();
+
+    // Phases: unreachable at start, reachable, unreachable mid-run, reachable to the end.
+    let (seen_tx, mut seen) = counter();
+    let mut phase = 0;
     let mut writes_seen = 0;
-    let mut outage: Option<(Instant, usize, usize)> = None;
-    let mut restored_at = None;
+    let mut outage_at = None;
+    let mut outage_end = None;
+    let mut ledgered_before = 0;
+    let mut writes_before = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         writes_seen += drain(&mut seen);
-        match (&outage, restored_at) {
-            (None, _) if writes_seen >= 1500 => {
-                let ledgered = verifier.check().await;
-                running.running_nodes[0].change_request_rules(Some(vec![RequestRule(
-                    Condition::True,
-                    RequestReaction::drop_connection(),
-                )]));
-                outage = Some((Instant::now(), ledgered, writes_seen));
+        let let_through = || {
+            Some(vec![RequestRule(
+                writes(),
+                RequestReaction::noop().with_feedback_when_performed(seen_tx.clone()),
+            )])
+        };
+        match phase {
+            0 if started.elapsed() >= Duration::from_millis(2500) => {
+                running.running_nodes[0].change_request_rules(let_through());
+                phase = 1;
             }
-            (Some((at, _, _)), None) if at.elapsed() >= Duration::from_secs(4) => {
-                let (tx, rx) = counter();
-                seen = rx;
-                running.running_nodes[0].change_request_rules(Some(vec![RequestRule(
-                    writes(),
-                    RequestReaction::noop().with_feedback_when_performed(tx),
-                )]));
-                restored_at = Some(Instant::now());
+            1 if writes_seen >= 1500 => {
+                ledgered_before = verifier.check().await;
+                writes_before = writes_seen;
+                running.running_nodes[0].change_request_rules(nothing_gets_through());
+                outage_at = Some(Instant::now());
+                phase = 2;
+            }
+            2 if outage_at.unwrap().elapsed() >= Duration::from_secs(4) => {
+                running.running_nodes[0].change_request_rules(let_through());
+                outage_end = Some(Instant::now());
+                phase = 3;
             }
             _ => {}
         }
         let ledgered = verifier.check().await;
-        if ledgered == 30 {
+        if phase < 2 {
+            assert!(ledgered < 30, "the outage came too late to test anything");
+        }
+        if phase == 3 && ledgered == 30 {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "the daemon did not load everything: {ledgered} files ledgered"
+            "the daemon did not load everything: {ledgered} files ledgered, phase {phase}"
         );
     }
-    let (at, ledgered_before, writes_before) = outage.expect("the outage happened");
-    let restored = restored_at.expect("the outage ended");
+    let (at, end) = (outage_at.unwrap(), outage_end.unwrap());
     eprintln!(
-        "outage after {writes_before} writes ({ledgered_before} files ledgered) for {:?}; all 30 \
-         files ledgered {:?} after it ended; {:?} in all",
-        restored - at,
-        restored.elapsed(),
+        "start-up outage 2.5 s; mid-run outage after {writes_before} writes ({ledgered_before} \
+         files ledgered) for {:?}; all 30 files ledgered {:?} after it ended; {:?} in all",
+        end - at,
+        end.elapsed(),
         started.elapsed()
-    );
-    assert!(
-        ledgered_before < 30,
-        "the outage came too late to test anything"
     );
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -488,8 +499,13 @@ async fn the_daemon_rides_out_an_outage() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("Store unreachable") || stderr.contains("retrying"),
-        "the outage left no trace in the log: {}",
+        stderr.contains("Store unreachable; retrying"),
+        "the start-up outage left no trace in the log: {}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("Store request failed; retrying with backoff"),
+        "the mid-run outage left no trace in the log: {}",
         text(&out)
     );
     let _ = running.finish().await;
