@@ -67,8 +67,9 @@ pub struct Cli {
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
 
+    /// What to do; without one, `run` (the daemon watching watch.dir).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,22 +240,26 @@ fn load_settings(cli: &Cli) -> Result<Settings, ConfigError> {
 }
 
 /// Runs a parsed command line; returns the exit code.
-pub fn run(cli: Cli) -> anyhow::Result<u8> {
+pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
     let settings = load_settings(&cli)?;
-    if let Command::Config(cmd) = &cli.command {
+    let command = cli
+        .command
+        .take()
+        .unwrap_or(Command::Run(RunArgs { dir: None }));
+    if let Command::Config(cmd) = &command {
         return Ok(config_command(cmd, &cli, &settings));
     }
-    if let Command::Schema = &cli.command {
+    if let Command::Schema = &command {
         print!(
             "{}",
             crate::store::cassandra::schema_script(&settings.cassandra)
         );
         return Ok(0);
     }
-    if let Command::Generate(args) = &cli.command {
+    if let Command::Generate(args) = &command {
         return crate::generate::run(args);
     }
-    let daemon = matches!(cli.command, Command::Run(_));
+    let daemon = matches!(command, Command::Run(_));
     crate::telemetry::init_logging(&settings.telemetry, daemon)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -262,7 +267,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Run(args) => {
                 let mut settings = settings;
                 if let Some(dir) = args.dir {
