@@ -544,3 +544,27 @@ fn latency_from_rename_to_queryable() {
         "p50 {p50:?}: waited for settle or rescan?"
     );
 }
+
+#[test]
+fn poll_mode_takes_settled_files() {
+    let sb = Sandbox::new();
+    let d = Daemon::start(
+        &sb,
+        &[
+            ("SPARKIFY_WATCH__MODE", "poll"),
+            ("SPARKIFY_WATCH__POLL_INTERVAL_MS", "100"),
+            ("SPARKIFY_WATCH__SETTLE_MS", "500"),
+        ],
+    );
+    d.wait_for_message("Watching folder", LONG);
+    // Written in place, as a network copy would: no rename, and poll mode sees no close.
+    std::fs::create_dir_all(sb.join("event_data/nfs")).unwrap();
+    std::fs::write(
+        sb.join("event_data/nfs/2018-11-20-events.csv"),
+        sample_bytes("2018-11-20-events.csv"),
+    )
+    .unwrap();
+    wait_until("loaded", LONG, || ledger_count(&sb.db(), "loaded") == 1);
+    assert_eq!(table_len(&sb.db(), "song_plays_by_session"), 322);
+    assert_eq!(d.stop(), 0);
+}
