@@ -394,26 +394,9 @@ fn corpus() -> Vec<Case> {
 }
 
 fn rejects_of(sb: &Sandbox, name: &str) -> Vec<BTreeMap<String, String>> {
-    let path = sb.join(&format!("rejects/{name}.csv.rejects.csv"));
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let mut r = csv::ReaderBuilder::new()
-                .flexible(true)
-                .from_reader(text.as_bytes());
-            let header = r.headers().unwrap().clone();
-            r.records()
-                .map(|rec| {
-                    let rec = rec.unwrap();
-                    header
-                        .iter()
-                        .zip(rec.iter())
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect()
-                })
-                .collect()
-        }
-        Err(_) => Vec::new(),
-    }
+    std::fs::read_to_string(sb.join(&format!("rejects/{name}.csv.rejects.csv")))
+        .map(|text| parse_csv(&text))
+        .unwrap_or_default()
 }
 
 fn plays_of_session(sb: &Sandbox, session: u32) -> usize {

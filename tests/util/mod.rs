@@ -181,9 +181,12 @@ pub fn read_events(dir: &Path) -> Vec<Event> {
     out
 }
 
-/// Parses CSV output (with a header) into maps.
+/// Parses CSV (with a header) into maps of column name to value.
 pub fn parse_csv(text: &str) -> Vec<BTreeMap<String, String>> {
-    let mut r = csv::Reader::from_reader(text.as_bytes());
+    // Flexible: rejects files keep the original fields, however many a bad row had.
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
     let header = r.headers().unwrap().clone();
     r.records()
         .map(|rec| {
