@@ -424,7 +424,9 @@ async fn the_daemon_rides_out_outages() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, watched.join(path.file_name().unwrap())).unwrap();
     }
-    let mut cmd = sandbox.tokio_cmd(&["run", "in"]);
+    let http = free_addr();
+    let mut cmd =
+        sandbox.tokio_cmd(&["run", "--set", &format!("telemetry.http_addr={http}"), "in"]);
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().expect("daemon starts");
@@ -487,6 +489,23 @@ async fn the_daemon_rides_out_outages() {
         end.elapsed(),
         started.elapsed()
     );
+    // The store's metrics, as Prometheus scrapes them.
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(http).expect("metrics endpoint");
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        conn.read_to_string(&mut page).unwrap();
+        page
+    };
+    for expected in [
+        "sparkify_store_requests_total ",
+        "sparkify_store_retries_total{cause=\"connection\"}",
+        "sparkify_store_requests_in_flight 0",
+    ] {
+        assert!(metrics.contains(expected), "no {expected:?} in {metrics}");
+    }
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
