@@ -255,6 +255,9 @@ pub fn generate(
     let mut out = Generated::default();
     let mut next_session = first_session;
     let mut ts = 1.5410e12;
+    // Logged-out events are never plays, so plays are SONG_SHARE of all events only if they
+    // are a little more than that of the logged-in ones.
+    let play_share_logged_in = SONG_SHARE / (1.0 - LOGGED_OUT_SHARE);
     for f in 0..files {
         let share = rows / u64::from(files) + u64::from(u64::from(f) < rows % u64::from(files));
         let name = file_name(f);
@@ -305,7 +308,7 @@ pub fn generate(
                     &ts_s,
                     "",
                 ])?;
-            } else if rng.random_bool(SONG_SHARE) {
+            } else if rng.random_bool(play_share_logged_in) {
                 let song = &cat.songs[zipf_index(&mut rng, cat.songs.len())];
                 w.write_record([
                     song.artist.as_str(),
