@@ -377,3 +377,21 @@ async fn an_unreachable_cluster_is_unavailable() {
     assert!(err.is_transient(), "{err}");
     assert!(err.to_string().contains(&port.to_string()), "{err}");
 }
+
+/// `local_dc` turns on DC-aware balancing with no failover to other datacenters, so a name
+/// the cluster does not report is refused at start-up rather than failing every request
+/// later. The emulator reports no datacenter through the driver's metadata: this checks that
+/// refusal; a matching name needs a real cluster.
+#[tokio::test]
+async fn local_dc_must_be_known_to_the_cluster() {
+    let emulator = Emulator::start();
+    let mut settings = cql::settings(emulator.addr);
+    settings.local_dc = "datacenter1".into();
+    let err = CassandraStore::open(&settings).await.err().unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("cassandra.local_dc is \"datacenter1\"") && text.contains("no datacenters"),
+        "{text}"
+    );
+    assert!(!err.is_transient());
+}

@@ -766,7 +766,15 @@ impl CassandraStore {
                 .collect();
             dcs.sort();
             dcs.dedup();
-            if !dcs.iter().any(|dc| dc == &settings.local_dc) {
+            // With no datacenter known, every request would meet an empty query plan (remote
+            // nodes are not used, see above): say so now rather than retry forever.
+            if dcs.is_empty() {
+                return Err(StoreError::Rejected(format!(
+                    "cassandra.local_dc is {:?}, but the cluster reports no datacenters; \
+                     leave it empty for this cluster",
+                    settings.local_dc
+                )));
+            } else if !dcs.iter().any(|dc| dc == &settings.local_dc) {
                 return Err(StoreError::Rejected(format!(
                     "cassandra.local_dc is {:?}, which is not a datacenter of this cluster \
                      (it has: {})",
