@@ -508,12 +508,10 @@ fn classify(
     if field(cols.artist).is_empty() || field(cols.song).is_empty() {
         return Verdict::Skip;
     }
-    let reject = |i: usize, reason: String| Verdict::Reject {
-        column: cols.names[i].clone(),
-        value: shown(field(i)),
-        reason,
-    };
-    let text = |i: usize| -> Result<String, Verdict> {
+    // The failing column and why; turned into a reject (with the value) only when one happens.
+    struct Bad(usize, String);
+    let reject = |i: usize, reason: String| Bad(i, reason);
+    let text = |i: usize| -> Result<String, Bad> {
         match std::str::from_utf8(field(i)) {
             Ok(s) => Ok(s.to_string()),
             Err(e) => Err(reject(
@@ -525,7 +523,7 @@ fn classify(
             )),
         }
     };
-    let id = |i: usize| -> Result<i32, Verdict> {
+    let id = |i: usize| -> Result<i32, Bad> {
         let raw = field(i);
         let s = std::str::from_utf8(raw)
             .map_err(|_| reject(i, "is not valid UTF-8; expected an integer".into()))?
@@ -545,7 +543,7 @@ fn classify(
             Err(_) => Err(reject(i, "is not an integer".into())),
         }
     };
-    let play = (|| -> Result<SongPlay, Verdict> {
+    let play = (|| -> Result<SongPlay, Bad> {
         let user_id = id(cols.user_id)?;
         let session_id = id(cols.session_id)?;
         let item_in_session = id(cols.item_in_session)?;
@@ -571,7 +569,7 @@ fn classify(
             }
         };
         let profile = if options.keep_profile {
-            let opt = |c: Option<usize>| -> Result<String, Verdict> {
+            let opt = |c: Option<usize>| -> Result<String, Bad> {
                 match c {
                     Some(i) => text(i),
                     None => Ok(String::new()),
@@ -599,7 +597,11 @@ fn classify(
     })();
     match play {
         Ok(p) => Verdict::Play(p),
-        Err(v) => v,
+        Err(Bad(i, reason)) => Verdict::Reject {
+            column: cols.names[i].clone(),
+            value: shown(field(i)),
+            reason,
+        },
     }
 }
 
