@@ -1,0 +1,1383 @@
+//! The benchmark suite: every figure of issue 6 next to the limit it is judged against, measured
+//! in the same run and printed as one Markdown table.
+//!
+//! 1. Extract: `PlayReader` on a generated file against the `csv` crate iterating
+//!    `ByteRecord`s over the same bytes (the raw ceiling).
+//! 2. Embedded: `sparkify ingest` (the real binary) into a fresh SQLite store, against the
+//!    store's own ceiling: the same plays, parsed beforehand, written by the same statements
+//!    (`EmbeddedStore::write`) in transactions of the same size with no pipeline around them.
+//! 3. Cassandra: `sparkify ingest` into the in-process CQL server (`kassandra-tester`),
+//!    against that server's ceiling: a plain driver loop of prepared single-row inserts with
+//!    256 requests in flight, on a fresh server each time.
+//! 4. Daemon latency: a file renamed into the watched folder until its rows are queryable.
+//!
+//! Run it with `cargo bench --bench suite` (or `scripts/bench.sh`); `-- --help` lists the
+//! options. `tests/bench_suite.rs` runs the same code at tiny sizes so it cannot rot. The
+//! figures are medians of `--repeat` runs; every run is listed under the table, with the load
+//! average of the machine before and after, so a noisy run shows as such.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kassandra_tester::KassandraTester;
+use kassandra_tester::kassandra::KassandraSession;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use sparkify::config::{CassandraSettings, EmbeddedSettings};
+use sparkify::extract::{ExtractOptions, Item, PlayReader, SongPlay};
+use sparkify::store::{CassandraStore, EmbeddedStore, TABLES};
+use sparkify::transform::Transform;
+use tokio_util::sync::CancellationToken;
+
+/// One of the four parts of the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Extract,
+    Embedded,
+    Cassandra,
+    Latency,
+}
+
+impl Part {
+    const ALL: [Part; 4] = [
+        Part::Extract,
+        Part::Embedded,
+        Part::Cassandra,
+        Part::Latency,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Part::Extract => "extract",
+            Part::Embedded => "embedded",
+            Part::Cassandra => "cassandra",
+            Part::Latency => "latency",
+        }
+    }
+}
+
+/// What to run, at which sizes.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub parts: Vec<Part>,
+    /// Events in the one file the extract part reads.
+    pub extract_rows: u64,
+    /// Events per embedded end-to-end case (one case each).
+    pub embedded_rows: Vec<u64>,
+    /// Events per generated file in the load cases (the real exports hold one day each).
+    pub rows_per_file: u64,
+    /// `embedded.transaction_rows`, for the ingest and for the store's ceiling alike.
+    pub transaction_rows: usize,
+    /// Files of the real sample loaded into the CQL server (all 30 by default).
+    pub sample_files: usize,
+    /// Events of the generated Cassandra case; 0 leaves it out.
+    pub cassandra_rows: u64,
+    /// Requests in flight in the server-ceiling loop.
+    pub in_flight: usize,
+    /// Files dropped into the daemon's folder (after one warm-up drop).
+    pub drops: usize,
+    /// Events per dropped file (a real daily export holds about 270).
+    pub drop_rows: u64,
+    /// Runs per figure; the table shows medians.
+    pub repeat: usize,
+    /// Where data and stores go; a temporary folder under the target dir when absent.
+    pub work_dir: Option<PathBuf>,
+    /// The `sparkify` binary under test.
+    pub binary: PathBuf,
+}
+
+impl Plan {
+    /// The sizes of the issue: 1M rows for extract, 1M and 3M rows end to end.
+    pub fn full() -> Plan {
+        Plan {
+            parts: Part::ALL.to_vec(),
+            extract_rows: 1_000_000,
+            embedded_rows: vec![1_000_000, 3_000_000],
+            rows_per_file: 100_000,
+            transaction_rows: 100_000,
+            sample_files: 30,
+            cassandra_rows: 1_000_000,
+            in_flight: 256,
+            drops: 100,
+            drop_rows: 300,
+            repeat: 3,
+            work_dir: None,
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_sparkify")),
+        }
+    }
+
+    /// Every part at sizes that take seconds in a debug build, for CI.
+    pub fn tiny() -> Plan {
+        Plan {
+            extract_rows: 5_000,
+            embedded_rows: vec![3_000],
+            rows_per_file: 1_000,
+            transaction_rows: 1_000,
+            sample_files: 3,
+            cassandra_rows: 2_000,
+            in_flight: 64,
+            drops: 5,
+            drop_rows: 100,
+            repeat: 1,
+            ..Plan::full()
+        }
+    }
+
+    const USAGE: &str = "\
+Usage: cargo bench --bench suite -- [OPTIONS]
+
+Options (sizes take k and m suffixes: 3m = 3,000,000):
+  --parts LIST            extract,embedded,cassandra,latency (default: all)
+  --extract-rows N        events in the extract file (default 1m)
+  --embedded-rows LIST    events per end-to-end case (default 1m,3m; 10m if time allows)
+  --rows-per-file N       events per generated file (default 100k)
+  --transaction-rows N    embedded.transaction_rows for ingest and ceiling (default 100k)
+  --sample-files N        files of the real sample for the Cassandra part (default 30)
+  --cassandra-rows N      events of the generated Cassandra case, 0 for none (default 1m)
+  --drops N               files dropped into the daemon's folder (default 100)
+  --repeat N              runs per figure; medians are shown (default 3)
+  --work-dir DIR          keep data and stores here instead of a temporary folder
+  --tiny                  every part at CI sizes
+  --out FILE              also write the Markdown report to FILE";
+
+    /// Parses the bench's command line; `Err` holds the message to print.
+    pub fn from_args(args: &[String]) -> Result<(Plan, Option<PathBuf>), String> {
+        let mut plan = if args.iter().any(|a| a == "--tiny") {
+            Plan::tiny()
+        } else {
+            Plan::full()
+        };
+        let mut out = None;
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            // cargo bench passes --bench to harness-less benches.
+            if arg == "--bench" || arg == "--tiny" {
+                continue;
+            }
+            if arg == "--help" || arg == "-h" {
+                return Err(Plan::USAGE.to_string());
+            }
+            let mut value = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{arg} needs a value\n\n{}", Plan::USAGE))
+            };
+            match arg.as_str() {
+                "--parts" => {
+                    plan.parts = value()?
+                        .split(',')
+                        .map(|p| {
+                            Part::ALL
+                                .into_iter()
+                                .find(|x| x.name() == p.trim())
+                                .ok_or_else(|| format!("no part {p:?}; parts are {:?}", Part::ALL))
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                "--extract-rows" => plan.extract_rows = count(&value()?)?,
+                "--embedded-rows" => {
+                    plan.embedded_rows = value()?.split(',').map(count).collect::<Result<_, _>>()?
+                }
+                "--rows-per-file" => plan.rows_per_file = count(&value()?)?.max(1),
+                "--transaction-rows" => plan.transaction_rows = count(&value()?)?.max(1) as usize,
+                "--sample-files" => plan.sample_files = count(&value()?)? as usize,
+                "--cassandra-rows" => plan.cassandra_rows = count(&value()?)?,
+                "--drops" => plan.drops = count(&value()?)?.max(1) as usize,
+                "--repeat" => plan.repeat = count(&value()?)?.max(1) as usize,
+                "--work-dir" => plan.work_dir = Some(PathBuf::from(value()?)),
+                "--out" => out = Some(PathBuf::from(value()?)),
+                other => return Err(format!("unknown option {other}\n\n{}", Plan::USAGE)),
+            }
+        }
+        Ok((plan, out))
+    }
+}
+
+/// `250k`, `3m`, `1000`.
+fn count(s: &str) -> Result<u64, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let (digits, scale) = match s.strip_suffix('m') {
+        Some(d) => (d, 1_000_000.0),
+        None => match s.strip_suffix('k') {
+            Some(d) => (d, 1_000.0),
+            None => (s.as_str(), 1.0),
+        },
+    };
+    digits
+        .parse::<f64>()
+        .ok()
+        .filter(|v| *v >= 0.0)
+        .map(|v| (v * scale).round() as u64)
+        .ok_or_else(|| format!("{s:?} is not a count (e.g. 5000, 250k, 3m)"))
+}
+
+/// Part 1.
+#[derive(Debug, Clone)]
+pub struct ExtractResult {
+    pub rows: u64,
+    pub plays: u64,
+    pub bytes: u64,
+    /// Seconds per run: `csv` `ByteRecord`s (the ceiling).
+    pub raw: Vec<f64>,
+    /// `csv_async` `ByteRecord`s behind the same buffer as `PlayReader` (context).
+    pub raw_async: Vec<f64>,
+    /// `PlayReader`, song plays validated and built.
+    pub reader: Vec<f64>,
+    /// `PlayReader` plus the mojibake repair, which is what the pipeline's readers do.
+    pub reader_transform: Vec<f64>,
+}
+
+/// One `sparkify ingest --format json` summary.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestRun {
+    pub plays: u64,
+    pub elapsed_secs: f64,
+    pub plays_per_sec: f64,
+    pub peak_rss_kib: u64,
+}
+
+/// Part 2, one size.
+#[derive(Debug, Clone)]
+pub struct EmbeddedResult {
+    pub rows: u64,
+    pub plays: u64,
+    pub files: usize,
+    pub ingest: Vec<IngestRun>,
+    /// Seconds per run of the store's ceiling.
+    pub ceiling: Vec<f64>,
+}
+
+/// Part 3, one input.
+#[derive(Debug, Clone)]
+pub struct CassandraResult {
+    pub label: String,
+    pub plays: u64,
+    /// Requests in flight in the ceiling loop.
+    pub in_flight: usize,
+    /// Single-row inserts per second, per run.
+    pub ceiling_rows_per_sec: Vec<f64>,
+    pub ingest: Vec<IngestRun>,
+    /// CQL requests of each ingest run (statements and batches).
+    pub requests: Vec<u64>,
+    /// Rows found in the server's three tables after the last ingest, and the distinct keys
+    /// of the input, which they must equal.
+    pub rows_found: [u64; 3],
+    pub rows_expected: [u64; 3],
+}
+
+/// Part 4.
+#[derive(Debug, Clone)]
+pub struct LatencyResult {
+    pub drop_rows: u64,
+    pub latencies: Vec<Duration>,
+}
+
+/// Everything one run of the suite measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub machine: String,
+    pub commit: String,
+    pub load_before: String,
+    pub load_after: String,
+    pub took: Duration,
+    pub repeat: usize,
+    pub extract: Option<ExtractResult>,
+    pub embedded: Vec<EmbeddedResult>,
+    pub cassandra: Vec<CassandraResult>,
+    pub latency: Option<LatencyResult>,
+}
+
+/// Runs the parts of `plan`; panics when a run loads the wrong number of plays or rows, since
+/// a fast wrong answer is not a figure.
+pub fn run(plan: &Plan) -> Report {
+    let started = Instant::now();
+    let temp = match &plan.work_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("bench-")
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .expect("work dir"),
+        ),
+    };
+    let work = plan
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| temp.as_ref().expect("temp dir").path().to_path_buf());
+    std::fs::create_dir_all(&work).expect("work dir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let mut report = Report {
+        machine: machine(),
+        commit: commit(),
+        load_before: load_average(),
+        repeat: plan.repeat,
+        ..Report::default()
+    };
+    let data = Data { work: work.clone() };
+    for part in &plan.parts {
+        eprintln!("bench: {} (load {})", part.name(), load_average());
+        match part {
+            Part::Extract => report.extract = Some(extract(plan, &data, &runtime)),
+            Part::Embedded => {
+                for &rows in &plan.embedded_rows {
+                    report.embedded.push(embedded(plan, &data, &runtime, rows));
+                }
+            }
+            Part::Cassandra => {
+                let sample = sample(plan, &work);
+                report
+                    .cassandra
+                    .push(cassandra(plan, &runtime, &work, "real sample", &sample));
+                if plan.cassandra_rows > 0 {
+                    let (dir, _) = data.generated(plan.cassandra_rows, plan.rows_per_file);
+                    let label = format!("{} generated events", thousands(plan.cassandra_rows));
+                    report
+                        .cassandra
+                        .push(cassandra(plan, &runtime, &work, &label, &dir));
+                }
+            }
+            Part::Latency => report.latency = Some(latency(plan, &work)),
+        }
+    }
+    report.load_after = load_average();
+    report.took = started.elapsed();
+    report
+}
+
+/// Generated inputs, made once per size.
+struct Data {
+    work: PathBuf,
+}
+
+impl Data {
+    /// `rows` events in files of `per_file`, seed 7; returns the folder and its song plays.
+    fn generated(&self, rows: u64, per_file: u64) -> (PathBuf, u64) {
+        let dir = self.work.join(format!("data-{rows}-{per_file}"));
+        let marker = dir.join(".plays");
+        if let Ok(plays) = std::fs::read_to_string(&marker) {
+            return (dir, plays.trim().parse().expect("marker"));
+        }
+        let files = rows.div_ceil(per_file).max(1) as u32;
+        let g = sparkify::generate::generate(&dir, rows, files, 7, 1).expect("generate");
+        std::fs::write(&marker, g.song_plays.to_string()).expect("marker");
+        (dir, g.song_plays)
+    }
+}
+
+fn csv_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("data dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The first `plan.sample_files` files of the real sample, copied into their own folder.
+fn sample(plan: &Plan, work: &Path) -> PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/event_data");
+    let dir = work.join(format!("sample-{}", plan.sample_files));
+    std::fs::create_dir_all(&dir).expect("sample dir");
+    for f in csv_files(&from).into_iter().take(plan.sample_files) {
+        std::fs::copy(&f, dir.join(f.file_name().expect("name"))).expect("copy");
+    }
+    dir
+}
+
+/// Every song play of the files, repaired as the pipeline repairs them.
+async fn parse_all(files: &[PathBuf]) -> Vec<SongPlay> {
+    let options = ExtractOptions::default();
+    let transform = Transform {
+        repair_mojibake: true,
+    };
+    let mut plays = Vec::new();
+    for f in files {
+        let mut reader = PlayReader::open(f, &options).await.expect("open");
+        while let Some(item) = reader.next().await.expect("read") {
+            if let Item::Play(mut p) = item {
+                transform.apply(&mut p);
+                plays.push(p);
+            }
+        }
+    }
+    plays
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t0 = Instant::now();
+    let v = f();
+    (v, t0.elapsed().as_secs_f64())
+}
+
+fn extract(plan: &Plan, data: &Data, runtime: &tokio::runtime::Runtime) -> ExtractResult {
+    let (dir, plays) = data.generated(plan.extract_rows, plan.extract_rows.max(1));
+    let file = csv_files(&dir).remove(0);
+    let bytes = std::fs::metadata(&file).expect("file").len();
+    // Read once so every contender finds the file in the page cache.
+    std::fs::read(&file).expect("warm-up");
+    let options = ExtractOptions::default();
+    let buffer = options.read_buffer_bytes;
+    let mut result = ExtractResult {
+        rows: plan.extract_rows,
+        plays,
+        bytes,
+        raw: vec![],
+        raw_async: vec![],
+        reader: vec![],
+        reader_transform: vec![],
+    };
+    for _ in 0..plan.repeat {
+        let (rows, secs) = timed(|| {
+            let mut r = csv::ReaderBuilder::new()
+                .buffer_capacity(buffer)
+                .from_path(&file)
+                .expect("open");
+            let mut record = csv::ByteRecord::new();
+            let mut rows = 0u64;
+            while r.read_byte_record(&mut record).expect("csv") {
+                rows += 1;
+            }
+            rows
+        });
+        assert_eq!(rows, plan.extract_rows, "csv ByteRecord rows");
+        result.raw.push(secs);
+
+        let (rows, secs) = timed(|| {
+            runtime.block_on(async {
+                let f = tokio::fs::File::open(&file).await.expect("open");
+                let mut r = csv_async::AsyncReaderBuilder::new()
+                    .buffer_capacity(buffer)
+                    .create_reader(f);
+                let mut record = csv_async::ByteRecord::new();
+                let mut rows = 0u64;
+                while r.read_byte_record(&mut record).await.expect("csv_async") {
+                    rows += 1;
+                }
+                rows
+            })
+        });
+        assert_eq!(rows, plan.extract_rows, "csv_async ByteRecord rows");
+        result.raw_async.push(secs);
+
+        for repair in [false, true] {
+            let (counts, secs) = timed(|| {
+                runtime.block_on(async {
+                    let transform = Transform {
+                        repair_mojibake: repair,
+                    };
+                    let mut r = PlayReader::open(&file, &options).await.expect("open");
+                    while let Some(item) = r.next().await.expect("read") {
+                        if let Item::Play(mut p) = item {
+                            transform.apply(&mut p);
+                        }
+                    }
+                    r.counts()
+                })
+            });
+            assert_eq!(
+                (counts.rows, counts.plays, counts.rejected),
+                (plan.extract_rows, plays, 0),
+                "PlayReader counts"
+            );
+            if repair {
+                result.reader_transform.push(secs);
+            } else {
+                result.reader.push(secs);
+            }
+        }
+    }
+    result
+}
+
+/// Runs `sparkify ARGS` in `dir` with `sparkify.toml` there and no `SPARKIFY_*` variable of
+/// ours leaking in; returns stdout and stderr, panicking on a non-zero exit.
+fn sparkify(plan: &Plan, dir: &Path, args: &[&str]) -> (String, String) {
+    let mut c = Command::new(&plan.binary);
+    c.current_dir(dir)
+        .arg("--config")
+        .arg("sparkify.toml")
+        .args(args)
+        .env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPARKIFY_") {
+            c.env_remove(k);
+        }
+    }
+    let out = c.output().expect("sparkify runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "sparkify {args:?}: {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
+}
+
+/// `sparkify ingest --quiet --format json DIR`, checking every file loaded with `plays` plays.
+fn ingest(
+    plan: &Plan,
+    dir: &Path,
+    input: &Path,
+    plays: u64,
+    extra: &[&str],
+) -> (IngestRun, String) {
+    let mut args = vec!["ingest", "--quiet", "--format", "json"];
+    args.extend_from_slice(extra);
+    args.push(input.to_str().expect("UTF-8 path"));
+    let (stdout, stderr) = sparkify(plan, dir, &args);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON summary");
+    let files = csv_files(input).len() as u64;
+    assert_eq!(summary["loaded"].as_u64(), Some(files), "{summary}");
+    assert_eq!(summary["plays"].as_u64(), Some(plays), "{summary}");
+    assert_eq!(summary["rejected"].as_u64(), Some(0), "{summary}");
+    let run = IngestRun {
+        plays,
+        elapsed_secs: summary["elapsed_secs"].as_f64().expect("elapsed_secs"),
+        plays_per_sec: summary["plays_per_sec"].as_f64().expect("plays_per_sec"),
+        peak_rss_kib: summary["peak_rss_kib"].as_u64().unwrap_or(0),
+    };
+    (run, stderr)
+}
+
+/// A fresh folder `name` under `work`.
+fn fresh(work: &Path, name: &str) -> PathBuf {
+    let dir = work.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    dir
+}
+
+fn table_len(db: &Path, table: &str) -> u64 {
+    let c = rusqlite::Connection::open(db).expect("db");
+    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .expect("count") as u64
+}
+
+fn embedded(
+    plan: &Plan,
+    data: &Data,
+    runtime: &tokio::runtime::Runtime,
+    rows: u64,
+) -> EmbeddedResult {
+    let (input, plays) = data.generated(rows, plan.rows_per_file);
+    let files = csv_files(&input);
+    let mut result = EmbeddedResult {
+        rows,
+        plays,
+        files: files.len(),
+        ingest: vec![],
+        ceiling: vec![],
+    };
+    // Generated plays each have a key of their own, so each table gets one row per play
+    // (listeners_by_song fewer: a user who plays a song twice is one listener).
+    for _ in 0..plan.repeat {
+        let dir = fresh(&data.work, "embedded-ingest");
+        std::fs::write(
+            dir.join("sparkify.toml"),
+            format!(
+                "[embedded]\npath = \"sparkify.db\"\ntransaction_rows = {}\n\
+                 [rejects]\ndir = \"rejects\"\n\
+                 [telemetry]\nhttp_addr = \"\"\nlog_format = \"text\"\nlog_level = \"warn\"\n",
+                plan.transaction_rows
+            ),
+        )
+        .expect("config");
+        let (run, _) = ingest(plan, &dir, &input, plays, &[]);
+        assert_eq!(table_len(&dir.join("sparkify.db"), TABLES[0]), plays);
+        result.ingest.push(run);
+    }
+    // The ceiling: parse first, then time only the store's writes.
+    let groups: Vec<Arc<Vec<SongPlay>>> = {
+        let all = runtime.block_on(parse_all(&files));
+        assert_eq!(all.len() as u64, plays);
+        all.chunks(plan.transaction_rows)
+            .map(|c| Arc::new(c.to_vec()))
+            .collect()
+    };
+    for _ in 0..plan.repeat {
+        let dir = fresh(&data.work, "embedded-ceiling");
+        let db = dir.join("sparkify.db");
+        let secs = runtime.block_on(async {
+            let store = EmbeddedStore::open(&EmbeddedSettings {
+                path: db.clone(),
+                transaction_rows: plan.transaction_rows,
+                ..EmbeddedSettings::default()
+            })
+            .await
+            .expect("store");
+            let cancel = CancellationToken::new();
+            let t0 = Instant::now();
+            for g in &groups {
+                store.write(g.clone(), &cancel).await.expect("write");
+            }
+            t0.elapsed().as_secs_f64()
+        });
+        assert_eq!(table_len(&db, TABLES[0]), plays);
+        result.ceiling.push(secs);
+    }
+    let _ = std::fs::remove_dir_all(data.work.join("embedded-ceiling"));
+    let _ = std::fs::remove_dir_all(data.work.join("embedded-ingest"));
+    result
+}
+
+/// An in-memory CQL server on 127.0.0.1 (`kassandra-tester`), in a thread of its own with a
+/// current-thread runtime, because it serves connections on a `LocalSet`. The same approach
+/// as `tests/common/cql.rs`.
+struct Emulator {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Option<[u64; 3]>>>,
+}
+
+impl Emulator {
+    fn start() -> Emulator {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("cql-server".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("server runtime");
+                let mut stop = Some(stop_rx);
+                runtime.block_on(async move {
+                    let session = KassandraTester::new(KassandraSession::new())
+                        .in_scope(|addr| {
+                            let _ = addr_tx.send(addr);
+                            let stop = stop.take();
+                            async move {
+                                if let Some(stop) = stop {
+                                    let _ = stop.await;
+                                }
+                                Ok::<(), ()>(())
+                            }
+                        })
+                        .await
+                        .ok()?;
+                    let snapshot = session.data_snapshot();
+                    let tables = snapshot.0.get("sparkify").map(|k| &k.tables);
+                    Some(TABLES.map(|t| {
+                        tables
+                            .and_then(|ts| ts.get(t))
+                            .map_or(0, |t| t.rows.len() as u64)
+                    }))
+                })
+            })
+            .expect("server thread");
+        let addr = addr_rx.recv().expect("server listening");
+        Emulator {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server; the rows of each of the three tables.
+    fn stop(mut self) -> [u64; 3] {
+        let _ = self.stop.take().expect("running").send(());
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("server thread")
+            .expect("server session")
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Settings for the server at `addr`: it can serve neither schema metadata nor a metadata
+/// refresh after DDL (see DESIGN.md).
+fn cql_settings(addr: SocketAddr) -> CassandraSettings {
+    CassandraSettings {
+        nodes: vec![addr.to_string()],
+        fetch_schema_metadata: false,
+        refresh_metadata_after_ddl: false,
+        ..CassandraSettings::default()
+    }
+}
+
+/// The server's ceiling: every row of every play as a prepared single-row insert, `in_flight`
+/// at a time, on a fresh server. Rows per second.
+async fn cql_ceiling(addr: SocketAddr, plays: &[SongPlay], in_flight: usize) -> f64 {
+    // The store creates the keyspace and tables exactly as the loader will find them.
+    drop(
+        CassandraStore::open(&cql_settings(addr))
+            .await
+            .expect("schema"),
+    );
+    let session: Session = SessionBuilder::new()
+        .known_node_addr(addr)
+        .fetch_schema_metadata(false)
+        .refresh_metadata_on_auto_schema_agreement(false)
+        .build()
+        .await
+        .expect("session");
+    let prepare = |cql: &'static str| session.prepare(cql);
+    let session_insert = prepare(
+        "INSERT INTO sparkify.song_plays_by_session \
+         (sessionid, iteminsession, artist, song, length) VALUES (?, ?, ?, ?, ?)",
+    )
+    .await
+    .expect("prepare");
+    let user_insert = prepare(
+        "INSERT INTO sparkify.song_plays_by_user_session \
+         (userid, sessionid, iteminsession, artist, song, firstname, lastname) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .await
+    .expect("prepare");
+    let listener_insert = prepare(
+        "INSERT INTO sparkify.listeners_by_song (song, userid, firstname, lastname) \
+         VALUES (?, ?, ?, ?)",
+    )
+    .await
+    .expect("prepare");
+    let t0 = Instant::now();
+    let requests = plays.iter().flat_map(|p| (0..3).map(move |t| (t, p)));
+    let failures = futures::stream::iter(requests)
+        .map(|(t, p)| {
+            let session = &session;
+            let (s, u, l) = (&session_insert, &user_insert, &listener_insert);
+            async move {
+                match t {
+                    0 => session.execute_unpaged(s, p.session_row()).await,
+                    1 => session.execute_unpaged(u, p.user_session_row()).await,
+                    _ => session.execute_unpaged(l, p.listener_row()).await,
+                }
+                .is_err()
+            }
+        })
+        .buffer_unordered(in_flight)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(failures, 0, "inserts failed against the server");
+    (plays.len() * 3) as f64 / secs
+}
+
+/// Distinct primary keys of each table among the plays: the rows a correct load leaves.
+fn distinct_keys(plays: &[SongPlay]) -> [u64; 3] {
+    let s: HashSet<(i32, i32)> = plays
+        .iter()
+        .map(|p| (p.session_id, p.item_in_session))
+        .collect();
+    let u: HashSet<(i32, i32, i32)> = plays
+        .iter()
+        .map(|p| (p.user_id, p.session_id, p.item_in_session))
+        .collect();
+    let l: HashSet<(&str, i32)> = plays.iter().map(|p| (p.song.as_str(), p.user_id)).collect();
+    [s.len() as u64, u.len() as u64, l.len() as u64]
+}
+
+fn cassandra(
+    plan: &Plan,
+    runtime: &tokio::runtime::Runtime,
+    work: &Path,
+    label: &str,
+    input: &Path,
+) -> CassandraResult {
+    let plays = runtime.block_on(parse_all(&csv_files(input)));
+    let mut result = CassandraResult {
+        label: label.to_string(),
+        plays: plays.len() as u64,
+        in_flight: plan.in_flight,
+        ceiling_rows_per_sec: vec![],
+        ingest: vec![],
+        requests: vec![],
+        rows_found: [0; 3],
+        rows_expected: distinct_keys(&plays),
+    };
+    let dir = fresh(work, "cassandra-ingest");
+    for _ in 0..plan.repeat {
+        let server = Emulator::start();
+        let rate = runtime.block_on(cql_ceiling(server.addr, &plays, plan.in_flight));
+        let rows = server.stop();
+        assert_eq!(rows[0], result.rows_expected[0], "ceiling rows");
+        result.ceiling_rows_per_sec.push(rate);
+
+        let server = Emulator::start();
+        std::fs::write(
+            dir.join("sparkify.toml"),
+            format!(
+                "[store]\nkind = \"cassandra\"\n\
+                 [cassandra]\nnodes = [\"{}\"]\n\
+                 fetch_schema_metadata = false\nrefresh_metadata_after_ddl = false\n\
+                 [rejects]\ndir = \"rejects\"\n\
+                 [telemetry]\nhttp_addr = \"\"\nlog_format = \"text\"\n",
+                server.addr
+            ),
+        )
+        .expect("config");
+        // The writers log each group's requests at debug level.
+        let (run, stderr) = ingest(
+            plan,
+            &dir,
+            input,
+            result.plays,
+            &["--set", "telemetry.log_level=warn,sparkify::pipeline=debug"],
+        );
+        let requests: u64 = stderr
+            .lines()
+            .filter(|l| l.contains("Wrote a group of plays"))
+            .map(|l| log_field(l, "requests"))
+            .sum();
+        assert!(requests > 0, "no request counts in the log:\n{stderr}");
+        result.ingest.push(run);
+        result.requests.push(requests);
+        result.rows_found = server.stop();
+        assert_eq!(
+            result.rows_found, result.rows_expected,
+            "rows in the server"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The number after `name=` in a text log line.
+fn log_field(line: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    let at = line.find(&key).expect("field") + key.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|d| d.parse().ok())
+        .expect("number")
+}
+
+/// The daemon as a subprocess, its log lines collected by a thread (so its pipe never fills).
+struct Daemon {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(plan: &Plan, dir: &Path) -> Daemon {
+        let mut c = Command::new(&plan.binary);
+        c.current_dir(dir)
+            .args(["--config", "sparkify.toml", "run"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SPARKIFY_") {
+                c.env_remove(k);
+            }
+        }
+        let mut child = c.spawn().expect("daemon starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().expect("log lines").push(line);
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    fn wait_for(&self, text: &str, limit: Duration) {
+        let t0 = Instant::now();
+        while !self
+            .lines
+            .lock()
+            .expect("log lines")
+            .iter()
+            .any(|l| l.contains(text))
+        {
+            assert!(t0.elapsed() < limit, "no {text:?} in {:#?}", self.lines);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "daemon exited with {status}");
+                return;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("the daemon did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn latency(plan: &Plan, work: &Path) -> LatencyResult {
+    let dir = fresh(work, "daemon");
+    std::fs::write(
+        dir.join("sparkify.toml"),
+        "[embedded]\npath = \"sparkify.db\"\n\
+         [watch]\ndir = \"event_data\"\nmode = \"events\"\n\
+         [rejects]\ndir = \"rejects\"\n\
+         [telemetry]\nhttp_addr = \"\"\nlog_format = \"text\"\nlog_level = \"info\"\n",
+    )
+    .expect("config");
+    std::fs::create_dir_all(dir.join("event_data")).expect("watched dir");
+    // Made beforehand on the same file system, so a drop is one rename. Each file has
+    // sessions of its own, so its rows can be counted apart from the others'.
+    let drops: Vec<(PathBuf, i64, u64)> = (0..=plan.drops)
+        .map(|i| {
+            let first = 1_000_000 + 10_000 * i as u32;
+            let g = sparkify::generate::generate(
+                &dir.join(format!("staging/{i}")),
+                plan.drop_rows,
+                1,
+                1_000 + i as u64,
+                first,
+            )
+            .expect("generate");
+            (g.files[0].clone(), i64::from(first), g.song_plays)
+        })
+        .collect();
+    let daemon = Daemon::start(plan, &dir);
+    daemon.wait_for("Watching folder", Duration::from_secs(60));
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("sparkify.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("db");
+    let mut query = db
+        .prepare(
+            "SELECT count(*) FROM song_plays_by_session \
+             WHERE sessionid >= ?1 AND sessionid < ?1 + 10000",
+        )
+        .expect("query");
+    let mut latencies = Vec::with_capacity(plan.drops);
+    for (i, (file, first, plays)) in drops.iter().enumerate() {
+        let t0 = Instant::now();
+        std::fs::rename(file, dir.join(format!("event_data/drop-{i}.csv"))).expect("rename");
+        loop {
+            let n: i64 = query.query_row([first], |r| r.get(0)).unwrap_or(-1);
+            if n == *plays as i64 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "drop {i}: {n} of {plays} rows after a minute; log: {:#?}",
+                daemon.lines
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        // The first drop warms the daemon up (first transaction, first page reads).
+        if i > 0 {
+            latencies.push(t0.elapsed());
+        }
+    }
+    drop(query);
+    drop(db);
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    LatencyResult {
+        drop_rows: plan.drop_rows,
+        latencies,
+    }
+}
+
+/// Cores, memory and CPU model, from /proc.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({model}), {mem_gib:.1} GiB memory, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `git describe`-like: the commit and whether the tree had changes.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(c) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(s) if !s.is_empty() => format!("{c} + uncommitted changes"),
+            _ => c,
+        },
+        None => "unknown".into(),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `1,234,567`.
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `2.31M rows/s`, `154.2k plays/s`.
+fn rate(per_sec: f64, what: &str) -> String {
+    if per_sec >= 1e6 {
+        format!("{:.2}M {what}/s", per_sec / 1e6)
+    } else if per_sec >= 1e3 {
+        format!("{:.1}k {what}/s", per_sec / 1e3)
+    } else {
+        format!("{per_sec:.0} {what}/s")
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok { "yes" } else { "**no**" }
+}
+
+fn list(v: &[f64], f: impl Fn(f64) -> String) -> String {
+    v.iter().map(|x| f(*x)).collect::<Vec<_>>().join(", ")
+}
+
+impl ExtractResult {
+    /// Median rate of a contender, in rows per second.
+    fn rows_per_sec(&self, secs: &[f64]) -> f64 {
+        self.rows as f64 / median(secs)
+    }
+
+    /// `PlayReader` over the raw `ByteRecord` ceiling (same bytes, so rows/s and MB/s alike).
+    pub fn ratio(&self) -> f64 {
+        median(&self.raw) / median(&self.reader)
+    }
+}
+
+impl EmbeddedResult {
+    pub fn ingest_plays_per_sec(&self) -> f64 {
+        median(
+            &self
+                .ingest
+                .iter()
+                .map(|r| r.plays_per_sec)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    pub fn ceiling_plays_per_sec(&self) -> f64 {
+        self.plays as f64 / median(&self.ceiling)
+    }
+
+    /// Highest peak RSS of the ingest runs, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.ingest
+            .iter()
+            .map(|r| r.peak_rss_kib)
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.ingest_plays_per_sec() / self.ceiling_plays_per_sec()
+    }
+}
+
+impl CassandraResult {
+    pub fn plays_per_sec(&self) -> f64 {
+        median(
+            &self
+                .ingest
+                .iter()
+                .map(|r| r.plays_per_sec)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// The server's ceiling in song plays per second: three rows make one play.
+    pub fn ceiling_plays_per_sec(&self) -> f64 {
+        median(&self.ceiling_rows_per_sec) / 3.0
+    }
+
+    pub fn requests_per_play(&self) -> f64 {
+        let r: Vec<f64> = self.requests.iter().map(|&r| r as f64).collect();
+        median(&r) / self.plays as f64
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.plays_per_sec() / self.ceiling_plays_per_sec()
+    }
+}
+
+impl LatencyResult {
+    /// The `q`-quantile (nearest rank) of the drops, e.g. 0.99.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut v = self.latencies.clone();
+        v.sort();
+        let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+impl Report {
+    /// The table of BENCHMARKS.md, then every run.
+    pub fn markdown(&self) -> String {
+        let mut t = String::new();
+        let mut runs = String::new();
+        t.push_str(&format!(
+            "Machine: {}. Commit {}. Load average (1, 5, 15 min) {} before, {} after; the suite \
+             took {:.0} s. Figures are medians of {} run(s); every run is listed below the table.\n\n",
+            self.machine,
+            self.commit,
+            self.load_before,
+            self.load_after,
+            self.took.as_secs_f64(),
+            self.repeat
+        ));
+        t.push_str(
+            "| part | measured | figure | limit measured in the same run | ratio | target | met |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        if let Some(e) = &self.extract {
+            let mb = |secs: &[f64]| e.bytes as f64 / 1e6 / median(secs);
+            let reader = e.rows_per_sec(&e.reader);
+            t.push_str(&format!(
+                "| 1 extract | `PlayReader`, one file of {} events ({:.0} MB, {} song plays) | \
+                 {}, {}, {:.0} MB/s | `csv` `ByteRecord`: {}, {:.0} MB/s | {:.2} | \
+                 ≥ 0.6 | {} |\n",
+                thousands(e.rows),
+                e.bytes as f64 / 1e6,
+                thousands(e.plays),
+                rate(reader, "rows"),
+                rate(reader * e.plays as f64 / e.rows as f64, "plays"),
+                mb(&e.reader),
+                rate(e.rows_per_sec(&e.raw), "rows"),
+                mb(&e.raw),
+                e.ratio(),
+                yes(e.ratio() >= 0.6)
+            ));
+            t.push_str(&format!(
+                "| | `PlayReader` + mojibake repair (what the readers run) | {}, {:.0} MB/s \
+                 | `csv_async` `ByteRecord`, same 256 KiB buffer: {}, {:.0} MB/s | {:.2} | | |\n",
+                rate(e.rows_per_sec(&e.reader_transform), "rows"),
+                mb(&e.reader_transform),
+                rate(e.rows_per_sec(&e.raw_async), "rows"),
+                mb(&e.raw_async),
+                median(&e.raw) / median(&e.reader_transform),
+            ));
+            let secs = |v: &[f64]| list(v, |s| format!("{s:.3} s"));
+            runs.push_str(&format!(
+                "- extract, {} events: csv {}; csv_async {}; PlayReader {}; PlayReader + repair {}\n",
+                thousands(e.rows),
+                secs(&e.raw),
+                secs(&e.raw_async),
+                secs(&e.reader),
+                secs(&e.reader_transform)
+            ));
+        }
+        for e in &self.embedded {
+            let ingest = e.ingest_plays_per_sec();
+            let rss = e.peak_rss_kib();
+            let ok = e.ratio() >= 0.8 && ingest >= 100_000.0 && rss < 100 * 1024;
+            t.push_str(&format!(
+                "| 2 embedded | `sparkify ingest`, {} events in {} files ({} song plays), fresh \
+                 store | {}; peak RSS {} | store ceiling (same plays pre-parsed, same \
+                 statements, transactions of the same size): {} | {:.2} | ≥ 0.8, ≥ 100k \
+                 plays/s, RSS < 100 MB | {} |\n",
+                thousands(e.rows),
+                e.files,
+                thousands(e.plays),
+                rate(ingest, "plays"),
+                mib(rss),
+                rate(e.ceiling_plays_per_sec(), "plays"),
+                e.ratio(),
+                yes(ok)
+            ));
+            runs.push_str(&format!(
+                "- embedded, {} events: ingest {}; ceiling {}\n",
+                thousands(e.rows),
+                e.ingest
+                    .iter()
+                    .map(|r| format!(
+                        "{} ({:.2} s, {})",
+                        rate(r.plays_per_sec, "plays"),
+                        r.elapsed_secs,
+                        mib(r.peak_rss_kib)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                list(&e.ceiling, |s| format!(
+                    "{} ({s:.2} s)",
+                    rate(e.plays as f64 / s, "plays")
+                )),
+            ));
+        }
+        if self.embedded.len() > 1 {
+            let rss: Vec<u64> = self.embedded.iter().map(|e| e.peak_rss_kib()).collect();
+            let (lo, hi) = (
+                *rss.iter().min().unwrap_or(&0),
+                *rss.iter().max().unwrap_or(&0),
+            );
+            let flat = hi as f64 <= lo as f64 * 1.1;
+            t.push_str(&format!(
+                "| 2 embedded | peak RSS across sizes ({}) | {} | | {:.2} | the same (within 10%) \
+                 | {} |\n",
+                self.embedded
+                    .iter()
+                    .map(|e| thousands(e.rows))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                rss.iter().map(|&k| mib(k)).collect::<Vec<_>>().join(" / "),
+                hi as f64 / lo.max(1) as f64,
+                yes(flat)
+            ));
+        }
+        for c in &self.cassandra {
+            let per_play = c.requests_per_play();
+            let sample = c.label == "real sample";
+            let ok = c.ratio() >= 0.9 && (!sample || per_play <= 1.2);
+            t.push_str(&format!(
+                "| 3 cassandra | `sparkify ingest`, {} ({} song plays), in-process CQL server | \
+                 {}; {:.3} CQL requests per play | server ceiling (prepared single-row \
+                 inserts, {} in flight): {} = {} | {:.2} | ≥ 0.9{} | {} |\n",
+                c.label,
+                thousands(c.plays),
+                rate(c.plays_per_sec(), "plays"),
+                per_play,
+                c.in_flight,
+                rate(median(&c.ceiling_rows_per_sec), "rows"),
+                rate(c.ceiling_plays_per_sec(), "plays"),
+                c.ratio(),
+                if sample {
+                    "; ≤ 1.2 requests/play"
+                } else {
+                    ""
+                },
+                yes(ok)
+            ));
+            runs.push_str(&format!(
+                "- cassandra, {}: ingest {}; requests {}; ceiling {}\n",
+                c.label,
+                c.ingest
+                    .iter()
+                    .map(|r| format!(
+                        "{} ({:.2} s)",
+                        rate(r.plays_per_sec, "plays"),
+                        r.elapsed_secs
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                c.requests
+                    .iter()
+                    .map(|r| thousands(*r))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                list(&c.ceiling_rows_per_sec, |r| rate(r, "rows")),
+            ));
+        }
+        if let Some(l) = &self.latency {
+            let (p50, p99) = (l.quantile(0.5), l.quantile(0.99));
+            t.push_str(&format!(
+                "| 4 daemon | rename into the watched folder → rows queryable, {} drops of {} \
+                 events, events mode | p50 {}, p99 {}, max {} | | | p99 ≤ 250 ms | {} |\n",
+                l.latencies.len(),
+                l.drop_rows,
+                ms(p50),
+                ms(p99),
+                ms(l.quantile(1.0)),
+                yes(p99 <= Duration::from_millis(250))
+            ));
+            runs.push_str(&format!(
+                "- daemon latency, {} drops after one warm-up drop: min {}, p90 {}\n",
+                l.latencies.len(),
+                ms(l.quantile(0.0)),
+                ms(l.quantile(0.9)),
+            ));
+        }
+        format!("{t}\nRuns:\n{runs}")
+    }
+}
+
+#[allow(dead_code)]
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (plan, out) = match Plan::from_args(&args) {
+        Ok(p) => p,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let report = run(&plan);
+    let md = report.markdown();
+    println!("{md}");
+    if let Some(out) = out {
+        std::fs::write(&out, &md).expect("write the report");
+        eprintln!("bench: report written to {}", out.display());
+    }
+}
