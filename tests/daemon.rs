@@ -568,3 +568,90 @@ fn poll_mode_takes_settled_files() {
     assert_eq!(table_len(&sb.db(), "song_plays_by_session"), 322);
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn a_locked_database_pauses_loading_and_sigterm_abandons_cleanly() {
+    let sb = Sandbox::new();
+    let d = Daemon::start(&sb, &[("SPARKIFY_EMBEDDED__BUSY_TIMEOUT_MS", "300")]);
+    d.wait_for_message("Watching folder", LONG);
+    // Another process holds the write lock (an analyst's long transaction, a backup tool).
+    let blocker = rusqlite::Connection::open(sb.db()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    drop_by_rename(
+        &sb.join("event_data/2018-11-05-events.csv"),
+        &sample_bytes("2018-11-05-events.csv"),
+    );
+    wait_until("the writer retrying", LONG, || {
+        !d.messages("Write to the embedded store failed; retrying")
+            .is_empty()
+    });
+    assert_eq!(ledger_count(&sb.db(), "loaded"), 0);
+    // The lock goes away: the same rows load by themselves, nothing lost.
+    blocker.execute_batch("ROLLBACK").unwrap();
+    wait_until("loaded after the lock", LONG, || {
+        ledger_count(&sb.db(), "loaded") == 1
+    });
+    assert_eq!(table_len(&sb.db(), "song_plays_by_session"), 356);
+
+    // Locked again, with a file waiting: SIGTERM abandons the write that cannot finish and
+    // exits 0 at once, without ledgering the file; the next start loads it.
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    drop_by_rename(
+        &sb.join("event_data/2018-11-06-events.csv"),
+        &sample_bytes("2018-11-06-events.csv"),
+    );
+    wait_until("the writer retrying again", LONG, || {
+        d.messages("Write to the embedded store failed; retrying")
+            .len()
+            >= 2
+    });
+    d.signal("TERM");
+    let (code, took, _) = d.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        ledger_count(&sb.db(), "loaded"),
+        1,
+        "the unfinished file is not ledgered"
+    );
+    let d = Daemon::start(&sb, &[]);
+    wait_until("loaded on restart", LONG, || {
+        ledger_count(&sb.db(), "loaded") == 2
+    });
+    assert_eq!(d.stop(), 0);
+    assert_eq!(table_len(&sb.db(), "song_plays_by_session"), 356 + 154);
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let sb = Sandbox::new();
+    // A write stuck inside SQLite's lock wait cannot be abandoned: the first SIGTERM waits
+    // for it (up to the shutdown timeout); the second one ends the process.
+    let d = Daemon::start(&sb, &[("SPARKIFY_EMBEDDED__BUSY_TIMEOUT_MS", "30000")]);
+    d.wait_for_message("Watching folder", LONG);
+    let blocker = rusqlite::Connection::open(sb.db()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    drop_by_rename(
+        &sb.join("event_data/2018-11-05-events.csv"),
+        &sample_bytes("2018-11-05-events.csv"),
+    );
+    d.wait_for_message("Taking file", LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    d.signal("TERM");
+    d.wait_for_message(
+        "Shutting down: no new files; finishing in-flight writes",
+        LONG,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        d.log_lines().iter().all(|l| l["message"] != "Stopped"),
+        "still finishing"
+    );
+    d.signal("TERM");
+    let (code, took, _) = d.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(130));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(ledger_count(&sb.db(), "loaded"), 0);
+}
