@@ -180,6 +180,35 @@ struct Chunk {
     ack: Ack,
 }
 
+/// Empty chunk buffers, handed back by the writers for the readers to fill again.
+///
+/// A chunk buffer (`chunk_rows` plays, about 280 KB) is made by a reader and emptied by a
+/// writer, usually on another thread. Allocated afresh each time, such buffers land in glibc's
+/// per-thread arenas between the plays' small strings and are not given back: measured on 3M
+/// rows, peak RSS went from 63 MiB with a fixed mmap threshold to 100-127 MiB without. Reused,
+/// they are allocated once.
+struct ChunkPool {
+    free: std::sync::Mutex<Vec<Vec<SongPlay>>>,
+    rows: usize,
+    /// Buffers kept at most: enough for a full queue plus the chunks being filled.
+    keep: usize,
+}
+
+impl ChunkPool {
+    fn take(&self) -> Vec<SongPlay> {
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(self.rows))
+    }
+
+    fn give(&self, mut buffer: Vec<SongPlay>) {
+        buffer.clear();
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if buffer.capacity() >= self.rows && free.len() < self.keep {
+            free.push(buffer);
+        }
+    }
+}
+
 /// Runs the pipeline until `jobs` is closed and drained (or `shutdown` fires and in-flight work
 /// has finished or been abandoned). Every file taken produces exactly one report.
 pub async fn run(
@@ -193,6 +222,11 @@ pub async fn run(
     let chunk_rx = Arc::new(Mutex::new(chunk_rx));
     let jobs = Arc::new(Mutex::new(jobs));
     let options = Arc::new(options);
+    let pool = Arc::new(ChunkPool {
+        free: std::sync::Mutex::new(Vec::new()),
+        rows: options.chunk_rows,
+        keep: options.chunk_queue + 2 * options.readers + options.writers,
+    });
 
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..options.writers {
@@ -200,6 +234,7 @@ pub async fn run(
             store.clone(),
             chunk_rx.clone(),
             options.group_rows,
+            pool.clone(),
             shutdown.clone(),
         ));
     }
@@ -212,6 +247,7 @@ pub async fn run(
             store: store.clone(),
             options: options.clone(),
             chunks: chunk_tx.clone(),
+            pool: pool.clone(),
             reports: reports.clone(),
             shutdown: shutdown.clone(),
             finalizers: finalizers.clone(),
@@ -243,8 +279,11 @@ async fn writer(
     store: Store,
     chunks: Arc<Mutex<mpsc::Receiver<Chunk>>>,
     group_rows: usize,
+    pool: Arc<ChunkPool>,
     shutdown: CancellationToken,
 ) {
+    // The group's buffer, kept from one group to the next for the same reason as ChunkPool.
+    let mut buffer: Vec<SongPlay> = Vec::new();
     loop {
         let mut group = {
             let mut rx = chunks.lock().await;
@@ -263,14 +302,21 @@ async fn writer(
             group
         };
         metrics::gauge!("sparkify_queue_depth", "queue" => "chunks").decrement(group.len() as f64);
-        let plays: Vec<SongPlay> = if group.len() == 1 {
-            std::mem::take(&mut group[0].plays)
-        } else {
-            group.iter_mut().flat_map(|c| c.plays.drain(..)).collect()
-        };
+        let mut plays = std::mem::take(&mut buffer);
+        plays.reserve(group.iter().map(|c| c.plays.len()).sum());
+        for c in &mut group {
+            plays.append(&mut c.plays);
+            pool.give(std::mem::take(&mut c.plays));
+        }
         let n = plays.len();
         let started = Instant::now();
-        let result = store.write(Arc::new(plays), &shutdown).await;
+        let plays = Arc::new(plays);
+        let result = store.write(plays.clone(), &shutdown).await;
+        // The store holds no reference once it has answered; if it did, a new buffer is made.
+        if let Ok(mut plays) = Arc::try_unwrap(plays) {
+            plays.clear();
+            buffer = plays;
+        }
         metrics::histogram!("sparkify_write_duration_seconds").record(started.elapsed());
         match &result {
             Ok(stats) => {
@@ -297,6 +343,7 @@ struct ReaderContext {
     store: Store,
     options: Arc<PipelineOptions>,
     chunks: mpsc::Sender<Chunk>,
+    pool: Arc<ChunkPool>,
     reports: mpsc::UnboundedSender<FileReport>,
     shutdown: CancellationToken,
     finalizers: tokio_util::task::TaskTracker,
@@ -466,7 +513,7 @@ impl ReaderContext {
                 ));
             }
         };
-        let mut chunk: Vec<SongPlay> = Vec::with_capacity(opts.chunk_rows);
+        let mut chunk: Vec<SongPlay> = self.pool.take();
         let mut last_bytes = 0u64;
         let end = loop {
             let item = match reader.next().await {
@@ -479,8 +526,7 @@ impl ReaderContext {
                     state.report.repaired += opts.transform.apply(&mut play);
                     chunk.push(play);
                     if chunk.len() >= opts.chunk_rows {
-                        let full =
-                            std::mem::replace(&mut chunk, Vec::with_capacity(opts.chunk_rows));
+                        let full = std::mem::replace(&mut chunk, self.pool.take());
                         if !self.send_chunk(full, state).await {
                             break ReadEnd::Abandoned;
                         }
