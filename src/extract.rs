@@ -389,15 +389,126 @@ impl AsyncRead for ReadAhead {
     }
 }
 
+/// Records handed from the parsing task to the reader at once, at most.
+const BATCH_RECORDS: usize = 256;
+/// Batches parsed ahead of the reader at most, per open file.
+const BATCHES_AHEAD: usize = 2;
+/// A batch whose largest record is bigger than this is not reused, so that one file of huge
+/// records does not leave every reused record holding a huge buffer.
+const REUSE_RECORD_BYTES: usize = 16 * 1024;
+
+/// Records parsed together by the parsing task. Batches go back to it once read, so their
+/// records' buffers are reused instead of allocated for every record.
+#[derive(Default)]
+struct Batch {
+    records: Vec<ByteRecord>,
+    /// Records of `records` in use; the rest are kept for their buffers.
+    len: usize,
+    /// Whether the guard shortened each record in use.
+    truncated: Vec<bool>,
+    /// Field bytes of the records in use, in all and of the largest.
+    bytes: usize,
+    largest: usize,
+}
+
+fn csv_io_error(e: csv_async::Error) -> io::Error {
+    match e.into_kind() {
+        csv_async::ErrorKind::Io(e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// The parsing task of one file: `csv_async` records, in batches, at most [`BATCHES_AHEAD`]
+/// ahead of the reader, until the end of the file, the first error (sent after the records
+/// before it) or the reader going away.
+async fn parse_records(
+    mut csv: csv_async::AsyncReader<Guard<ReadAhead>>,
+    guard: Arc<GuardState>,
+    batch_bytes: usize,
+    batches: tokio::sync::mpsc::Sender<io::Result<Batch>>,
+    mut reused: tokio::sync::mpsc::UnboundedReceiver<Batch>,
+) {
+    loop {
+        let mut batch = reused.try_recv().unwrap_or_default();
+        batch.len = 0;
+        batch.bytes = 0;
+        batch.largest = 0;
+        batch.truncated.clear();
+        let mut end = None;
+        // A batch ends after BATCH_RECORDS records or about one read buffer of field bytes,
+        // whichever comes first, so memory stays bounded whatever the records look like.
+        while batch.len < BATCH_RECORDS && batch.bytes < batch_bytes {
+            if batch.records.len() == batch.len {
+                batch.records.push(ByteRecord::new());
+            }
+            let record = &mut batch.records[batch.len];
+            match csv.read_byte_record(record).await {
+                Ok(true) => {
+                    let size = record.as_slice().len();
+                    batch.bytes += size;
+                    batch.largest = batch.largest.max(size);
+                    // The guard sets the flag from inside this task's reads, so a plain load
+                    // (and a store only when set) does what a swap would.
+                    let truncated = guard.truncated.load(Ordering::Relaxed);
+                    if truncated {
+                        guard.truncated.store(false, Ordering::Relaxed);
+                    }
+                    guard
+                        .boundary
+                        .store(csv.position().byte(), Ordering::Relaxed);
+                    batch.truncated.push(truncated);
+                    batch.len += 1;
+                }
+                Ok(false) => {
+                    end = Some(Ok(()));
+                    break;
+                }
+                Err(e) => {
+                    end = Some(Err(csv_io_error(e)));
+                    break;
+                }
+            }
+        }
+        // A send fails only when the reader is gone: nobody wants the rest.
+        if batch.len > 0 && batches.send(Ok(batch)).await.is_err() {
+            return;
+        }
+        match end {
+            None => {}
+            Some(Ok(())) => return,
+            Some(Err(e)) => {
+                let _ = batches.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
 /// Reads one file, record by record.
+///
+/// `csv_async` parses the file in a task of its own ([`parse_records`]), a few batches of
+/// records ahead, while `next` validates them: parsing was half of the reader's time, and the
+/// two halves now run side by side on the runtime's workers.
 pub struct PlayReader {
     path: PathBuf,
-    csv: csv_async::AsyncReader<Guard<ReadAhead>>,
+    batches: tokio::sync::mpsc::Receiver<io::Result<Batch>>,
+    reuse: tokio::sync::mpsc::UnboundedSender<Batch>,
+    parser: tokio::task::AbortHandle,
+    batch: Batch,
+    /// Next record of `batch`.
+    at: usize,
+    done: bool,
     guard: Arc<GuardState>,
     columns: Columns,
-    record: ByteRecord,
     options: ExtractOptions,
     counts: ExtractCounts,
+}
+
+impl Drop for PlayReader {
+    fn drop(&mut self) {
+        // The parsing task would stop at its next hand-over anyway; this stops it at once.
+        self.parser.abort();
+    }
 }
 
 impl PlayReader {
@@ -426,12 +537,10 @@ impl PlayReader {
                 skipping: false,
             });
         let mut header = ByteRecord::new();
-        let has_header = csv.read_byte_record(&mut header).await.map_err(|e| {
-            io_err(match e.into_kind() {
-                csv_async::ErrorKind::Io(e) => e,
-                other => io::Error::other(format!("{other:?}")),
-            })
-        })?;
+        let has_header = csv
+            .read_byte_record(&mut header)
+            .await
+            .map_err(|e| io_err(csv_io_error(e)))?;
         if !has_header {
             return Err(FileError::Empty {
                 path: path.to_path_buf(),
@@ -442,12 +551,26 @@ impl PlayReader {
             .boundary
             .store(csv.position().byte(), Ordering::Relaxed);
         guard.truncated.store(false, Ordering::Relaxed);
+        let (batch_tx, batches) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
+        let (reuse, reused) = tokio::sync::mpsc::unbounded_channel();
+        let parser = tokio::spawn(parse_records(
+            csv,
+            guard.clone(),
+            options.read_buffer_bytes.max(4096),
+            batch_tx,
+            reused,
+        ))
+        .abort_handle();
         Ok(PlayReader {
             path: path.to_path_buf(),
-            csv,
+            batches,
+            reuse,
+            parser,
+            batch: Batch::default(),
+            at: 0,
+            done: false,
             guard,
             columns,
-            record: ByteRecord::new(),
             options: options.clone(),
             counts: ExtractCounts::default(),
         })
@@ -463,7 +586,7 @@ impl PlayReader {
         self.counts
     }
 
-    /// Bytes of the file consumed so far.
+    /// Bytes of the file consumed so far (by the parser, which runs a little ahead).
     pub fn bytes_read(&self) -> u64 {
         self.guard.delivered.load(Ordering::Relaxed)
     }
@@ -472,34 +595,40 @@ impl PlayReader {
     /// skipped and counted on the way.
     pub async fn next(&mut self) -> Result<Option<Item>, FileError> {
         loop {
-            let more = self
-                .csv
-                .read_byte_record(&mut self.record)
-                .await
-                .map_err(|e| FileError::Io {
-                    path: self.path.clone(),
-                    source: match e.into_kind() {
-                        csv_async::ErrorKind::Io(e) => e,
-                        other => io::Error::other(format!("{other:?}")),
-                    },
-                })?;
-            if !more {
-                return Ok(None);
+            if self.at == self.batch.len {
+                if self.done {
+                    return Ok(None);
+                }
+                match self.batches.recv().await {
+                    Some(Ok(batch)) => {
+                        let used = std::mem::replace(&mut self.batch, batch);
+                        if used.largest <= REUSE_RECORD_BYTES {
+                            let _ = self.reuse.send(used);
+                        }
+                        self.at = 0;
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        self.done = true;
+                        return Err(FileError::Io {
+                            path: self.path.clone(),
+                            source: e,
+                        });
+                    }
+                    None => {
+                        self.done = true;
+                        return Ok(None);
+                    }
+                }
             }
-            // The guard sets the flag from inside this task's reads, so a plain load (and a
-            // store only when set) does what a swap would, without a locked instruction per row.
-            let truncated = self.guard.truncated.load(Ordering::Relaxed);
-            if truncated {
-                self.guard.truncated.store(false, Ordering::Relaxed);
-            }
-            self.guard
-                .boundary
-                .store(self.csv.position().byte(), Ordering::Relaxed);
-            if is_blank_line(&self.record) {
+            let record = &self.batch.records[self.at];
+            let truncated = self.batch.truncated[self.at];
+            self.at += 1;
+            if is_blank_line(record) {
                 continue;
             }
             self.counts.rows += 1;
-            match classify(&self.record, &self.columns, &self.options, truncated) {
+            match classify(record, &self.columns, &self.options, truncated) {
                 Verdict::Skip => self.counts.skipped += 1,
                 Verdict::Play(play) => {
                     self.counts.plays += 1;
@@ -511,14 +640,14 @@ impl PlayReader {
                     reason,
                 } => {
                     self.counts.rejected += 1;
-                    let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+                    let line = record.position().map(|p| p.line()).unwrap_or(0);
                     return Ok(Some(Item::Reject(Reject {
                         line,
                         column,
                         value,
                         reason,
-                        fields: (0..self.record.len())
-                            .map(|i| String::from_utf8_lossy(field(&self.record, i)).into_owned())
+                        fields: (0..record.len())
+                            .map(|i| String::from_utf8_lossy(field(record, i)).into_owned())
                             .collect(),
                     })));
                 }
