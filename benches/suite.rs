@@ -335,15 +335,23 @@ pub fn run(plan: &Plan) -> Report {
             }
             Part::Cassandra => {
                 let sample = sample(plan, &work);
-                report
-                    .cassandra
-                    .push(cassandra(plan, &runtime, &work, "real sample", &sample));
+                report.cassandra.push(cassandra(
+                    plan,
+                    &runtime,
+                    &work,
+                    // A run on the sample takes a third of a second: three times the runs
+                    // keep its median steady.
+                    ("real sample", &sample, plan.repeat * 3),
+                ));
                 if plan.cassandra_rows > 0 {
                     let (dir, _) = data.generated(plan.cassandra_rows, plan.rows_per_file);
                     let label = format!("{} generated events", thousands(plan.cassandra_rows));
-                    report
-                        .cassandra
-                        .push(cassandra(plan, &runtime, &work, &label, &dir));
+                    report.cassandra.push(cassandra(
+                        plan,
+                        &runtime,
+                        &work,
+                        (&label, &dir, plan.repeat),
+                    ));
                 }
             }
             Part::Latency => report.latency = Some(latency(plan, &work)),
@@ -829,8 +837,7 @@ fn cassandra(
     plan: &Plan,
     runtime: &tokio::runtime::Runtime,
     work: &Path,
-    label: &str,
-    input: &Path,
+    (label, input, runs): (&str, &Path, usize),
 ) -> CassandraResult {
     let plays = runtime.block_on(parse_all(&csv_files(input)));
     let mut result = CassandraResult {
@@ -844,7 +851,7 @@ fn cassandra(
         rows_expected: distinct_keys(&plays),
     };
     let dir = fresh(work, "cassandra-ingest");
-    for _ in 0..plan.repeat {
+    for _ in 0..runs {
         let server = Emulator::start();
         let rate = runtime.block_on(cql_ceiling(server.addr, &plays, plan.in_flight));
         let rows = server.stop();
