@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, mpsc};
@@ -170,6 +170,28 @@ impl InFlight {
     }
 }
 
+/// Counts a file as being read until stopped or dropped (whatever way reading ends).
+struct Reading<'a>(&'a AtomicUsize, bool);
+
+impl<'a> Reading<'a> {
+    fn start(count: &'a AtomicUsize) -> Reading<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Reading(count, true)
+    }
+
+    fn stop(&mut self) {
+        if std::mem::take(&mut self.1) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// How long a writer whose group is not full waits for another chunk before writing it.
 const GROUP_LINGER: Duration = Duration::from_millis(5);
 
@@ -231,6 +253,8 @@ pub async fn run(
         keep: options.chunk_queue + 2 * options.readers + options.writers,
     });
 
+    let reading = Arc::new(AtomicUsize::new(0));
+
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..options.writers {
         writers.spawn(writer(
@@ -238,6 +262,7 @@ pub async fn run(
             chunk_rx.clone(),
             options.group_rows,
             pool.clone(),
+            reading.clone(),
             shutdown.clone(),
         ));
     }
@@ -251,6 +276,7 @@ pub async fn run(
             options: options.clone(),
             chunks: chunk_tx.clone(),
             pool: pool.clone(),
+            reading: reading.clone(),
             reports: reports.clone(),
             shutdown: shutdown.clone(),
             finalizers: finalizers.clone(),
@@ -283,6 +309,7 @@ async fn writer(
     chunks: Arc<Mutex<mpsc::Receiver<Chunk>>>,
     group_rows: usize,
     pool: Arc<ChunkPool>,
+    reading: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 ) {
     // The group's buffer, kept from one group to the next for the same reason as ChunkPool.
@@ -301,14 +328,18 @@ async fn writer(
                     // given a moment to add more: readers fill a chunk in a millisecond or two,
                     // while each extra transaction rewrites most leaf pages of the tables keyed
                     // by user and by song (measured on 3M rows: groups of ~67k instead of 100k
-                    // plays cost a fifth of the throughput). A queue that stays dry means the
-                    // readers are done or waiting, and the group is written at once.
-                    Err(mpsc::error::TryRecvError::Empty) => {
+                    // plays cost a fifth of the throughput). With no file half read (a lone file
+                    // sends its last chunk after leaving the count), or a queue that stays dry,
+                    // the group is written at once, so a dropped file waits for nothing.
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if reading.load(Ordering::Relaxed) > 0 =>
+                    {
                         tokio::time::timeout(GROUP_LINGER, rx.recv())
                             .await
                             .ok()
                             .flatten()
                     }
+                    Err(mpsc::error::TryRecvError::Empty) => None,
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                 };
                 let Some(c) = next else { break };
@@ -360,6 +391,8 @@ struct ReaderContext {
     options: Arc<PipelineOptions>,
     chunks: mpsc::Sender<Chunk>,
     pool: Arc<ChunkPool>,
+    /// Files whose chunks are still coming, for the writers' linger.
+    reading: Arc<AtomicUsize>,
     reports: mpsc::UnboundedSender<FileReport>,
     shutdown: CancellationToken,
     finalizers: tokio_util::task::TaskTracker,
@@ -529,6 +562,7 @@ impl ReaderContext {
                 ));
             }
         };
+        let mut reading = Reading::start(&self.reading);
         let mut chunk: Vec<SongPlay> = self.pool.take();
         let mut last_bytes = 0u64;
         let end = loop {
@@ -567,6 +601,8 @@ impl ReaderContext {
                 }
             }
         };
+        // Before the last chunk goes, so that a writer does not linger for more of this file.
+        reading.stop();
         if matches!(end, ReadEnd::Done) && !chunk.is_empty() && !self.send_chunk(chunk, state).await
         {
             return ReadEnd::Abandoned;
