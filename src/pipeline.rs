@@ -391,7 +391,7 @@ struct ReaderContext {
     options: Arc<PipelineOptions>,
     chunks: mpsc::Sender<Chunk>,
     pool: Arc<ChunkPool>,
-    /// Files whose chunks are still coming, for the writers' linger.
+    /// Files taken whose chunks are still coming, for the writers' linger.
     reading: Arc<AtomicUsize>,
     reports: mpsc::UnboundedSender<FileReport>,
     shutdown: CancellationToken,
@@ -409,6 +409,9 @@ struct FileState {
 
 impl ReaderContext {
     async fn load_file(&self, job: FileJob) {
+        // Counted from the moment the file is taken (its hash and ledger look-up come first),
+        // so that a writer finishing another file's group waits for this one's chunks.
+        let mut reading = Reading::start(&self.reading);
         let path = job.path.clone();
         let mut report = FileReport {
             path: path.clone(),
@@ -472,7 +475,7 @@ impl ReaderContext {
             acks,
             ack,
         };
-        let read = self.read_into_chunks(&path, &mut state).await;
+        let read = self.read_into_chunks(&path, &mut state, &mut reading).await;
         let FileState {
             mut report,
             chunks_sent,
@@ -546,7 +549,12 @@ impl ReaderContext {
     }
 
     /// Streams the file into chunks on the writers' queue.
-    async fn read_into_chunks(&self, path: &Path, state: &mut FileState) -> ReadEnd {
+    async fn read_into_chunks(
+        &self,
+        path: &Path,
+        state: &mut FileState,
+        reading: &mut Reading<'_>,
+    ) -> ReadEnd {
         let opts = &self.options;
         let mut reader = match PlayReader::open(path, &opts.extract).await {
             Ok(r) => r,
@@ -562,7 +570,6 @@ impl ReaderContext {
                 ));
             }
         };
-        let mut reading = Reading::start(&self.reading);
         let mut chunk: Vec<SongPlay> = self.pool.take();
         let mut last_bytes = 0u64;
         let end = loop {
