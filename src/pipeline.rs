@@ -359,12 +359,12 @@ async fn writer(
         let started = Instant::now();
         let plays = Arc::new(plays);
         let result = store.write(plays.clone(), &shutdown).await;
+        metrics::histogram!("sparkify_write_duration_seconds").record(started.elapsed());
         // The store holds no reference once it has answered; if it did, a new buffer is made.
         if let Ok(mut plays) = Arc::try_unwrap(plays) {
             plays.clear();
             buffer = plays;
         }
-        metrics::histogram!("sparkify_write_duration_seconds").record(started.elapsed());
         match &result {
             Ok(stats) => {
                 for (table, rows) in TABLES.iter().zip(stats.rows) {
