@@ -136,8 +136,8 @@ pub struct EmbeddedSettings {
     /// The SQLite database file; created with its tables on first use.
     pub path: PathBuf,
     /// Plays written per transaction at most. Large transactions sorted by key are what make
-    /// SQLite fast; the writer commits sooner whenever its queue runs dry, so a lone small file
-    /// is never held back waiting for more.
+    /// SQLite fast; the writer commits sooner when its queue runs dry (waiting at most 5 ms
+    /// while a file is still being read), so a lone small file is never held back.
     pub transaction_rows: usize,
     /// How long a writer waits for a lock held by another process (a reader such as `sqlite3`).
     pub busy_timeout_ms: u64,
