@@ -25,8 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kassandra_tester::KassandraTester;
-use kassandra_tester::kassandra::KassandraSession;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use sparkify::config::{CassandraSettings, EmbeddedSettings};
@@ -34,6 +32,11 @@ use sparkify::extract::{ExtractOptions, Item, PlayReader, SongPlay};
 use sparkify::store::{CassandraStore, EmbeddedStore, TABLES};
 use sparkify::transform::Transform;
 use tokio_util::sync::CancellationToken;
+
+// The in-process CQL server the Cassandra tests use, shared rather than written twice.
+#[path = "../tests/common/cql.rs"]
+mod cql;
+use cql::Emulator;
 
 /// One of the four parts of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -674,80 +677,10 @@ fn embedded(
     result
 }
 
-/// An in-memory CQL server on 127.0.0.1 (`kassandra-tester`), in a thread of its own with a
-/// current-thread runtime, because it serves connections on a `LocalSet`. The same approach
-/// as `tests/common/cql.rs`.
-struct Emulator {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Option<[u64; 3]>>>,
-}
-
-impl Emulator {
-    fn start() -> Emulator {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("cql-server".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("server runtime");
-                let mut stop = Some(stop_rx);
-                runtime.block_on(async move {
-                    let session = KassandraTester::new(KassandraSession::new())
-                        .in_scope(|addr| {
-                            let _ = addr_tx.send(addr);
-                            let stop = stop.take();
-                            async move {
-                                if let Some(stop) = stop {
-                                    let _ = stop.await;
-                                }
-                                Ok::<(), ()>(())
-                            }
-                        })
-                        .await
-                        .ok()?;
-                    let snapshot = session.data_snapshot();
-                    let tables = snapshot.0.get("sparkify").map(|k| &k.tables);
-                    Some(TABLES.map(|t| {
-                        tables
-                            .and_then(|ts| ts.get(t))
-                            .map_or(0, |t| t.rows.len() as u64)
-                    }))
-                })
-            })
-            .expect("server thread");
-        let addr = addr_rx.recv().expect("server listening");
-        Emulator {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the server; the rows of each of the three tables.
-    fn stop(mut self) -> [u64; 3] {
-        let _ = self.stop.take().expect("running").send(());
-        self.thread
-            .take()
-            .expect("running")
-            .join()
-            .expect("server thread")
-            .expect("server session")
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// Rows of each of the three tables the server holds when it is stopped.
+fn stop_and_count(server: Emulator) -> [u64; 3] {
+    let dump = server.stop();
+    TABLES.map(|t| dump.get(t).map_or(0, |rows| rows.len() as u64))
 }
 
 /// Settings for the server at `addr`: it can serve neither schema metadata nor a metadata
@@ -856,7 +789,7 @@ fn cassandra(
     for _ in 0..runs {
         let server = Emulator::start();
         let rate = runtime.block_on(cql_ceiling(server.addr, &plays, plan.in_flight));
-        let rows = server.stop();
+        let rows = stop_and_count(server);
         assert_eq!(rows[0], result.rows_expected[0], "ceiling rows");
         result.ceiling_rows_per_sec.push(rate);
 
@@ -889,7 +822,7 @@ fn cassandra(
         assert!(requests > 0, "no request counts in the log:\n{stderr}");
         result.ingest.push(run);
         result.requests.push(requests);
-        result.rows_found = server.stop();
+        result.rows_found = stop_and_count(server);
         assert_eq!(
             result.rows_found, result.rows_expected,
             "rows in the server"
