@@ -1347,6 +1347,10 @@ impl Report {
 #[allow(dead_code)]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", Plan::USAGE);
+        return;
+    }
     let (plan, out) = match Plan::from_args(&args) {
         Ok(p) => p,
         Err(message) => {
