@@ -300,96 +300,34 @@ impl<R: AsyncRead + Unpin> AsyncRead for Guard<R> {
     }
 }
 
-/// Chunks read ahead of the parser at most, per open file.
-const CHUNKS_AHEAD: usize = 2;
+/// The file, read with plain blocking reads. It is only ever polled on its file's parsing
+/// thread (see [`PlayReader::open`]), where waiting for the disk is what is wanted: the parser
+/// asks for the next buffer only once it has used up the last one, and a read from the page
+/// cache costs less than handing the bytes over from another thread.
+struct BlockingFile(std::fs::File);
 
-/// Reads a file on the blocking pool one chunk ahead of the parser. `tokio::fs::File` starts a
-/// read only once the parser has used up the last one, so every chunk waits for a hop to the
-/// blocking pool and back (measured here: about a third of the time of parsing 1M rows).
-/// Here a blocking task keeps reading while the parser works, at most [`CHUNKS_AHEAD`] chunks
-/// ahead, so memory stays bounded; it stops when the file ends, on the first error (which the
-/// parser then receives) or when the reader is dropped.
-struct ReadAhead {
-    chunks: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    at: usize,
-    done: bool,
-}
-
-impl ReadAhead {
-    fn start(mut file: std::fs::File, chunk_bytes: usize) -> ReadAhead {
-        use std::io::Read;
-        let chunk_bytes = chunk_bytes.max(1 << 20);
-        let (tx, chunks) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
-        tokio::task::spawn_blocking(move || {
-            loop {
-                let mut chunk = vec![0; chunk_bytes];
-                let read = loop {
-                    match file.read(&mut chunk) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        other => break other,
-                    }
-                };
-                let sent = match read {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        tx.blocking_send(Ok(chunk))
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                if sent.is_err() {
-                    // The reader is gone: nobody wants the rest.
-                    return;
-                }
-            }
-        });
-        ReadAhead {
-            chunks,
-            current: Vec::new(),
-            at: 0,
-            done: false,
-        }
-    }
-}
-
-impl AsyncRead for ReadAhead {
+impl AsyncRead for BlockingFile {
     fn poll_read(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        use std::io::Read;
         let this = self.get_mut();
         loop {
-            if this.at < this.current.len() {
-                let n = buf.remaining().min(this.current.len() - this.at);
-                buf.put_slice(&this.current[this.at..this.at + n]);
-                this.at += n;
-                return Poll::Ready(Ok(()));
-            }
-            if this.done {
-                return Poll::Ready(Ok(()));
-            }
-            match std::task::ready!(this.chunks.poll_recv(cx)) {
-                Some(Ok(chunk)) => {
-                    this.current = chunk;
-                    this.at = 0;
+            match this.0.read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
                 }
-                Some(Err(e)) => {
-                    this.done = true;
-                    return Poll::Ready(Err(e));
-                }
-                // The blocking task has read to the end of the file.
-                None => this.done = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
 }
 
-/// Records handed from the parsing task to the reader at once, at most.
+/// Records handed from the parsing thread to the reader at once, at most.
 const BATCH_RECORDS: usize = 256;
 /// Batches parsed ahead of the reader at most, per open file.
 const BATCHES_AHEAD: usize = 2;
@@ -397,7 +335,7 @@ const BATCHES_AHEAD: usize = 2;
 /// records does not leave every reused record holding a huge buffer.
 const REUSE_RECORD_BYTES: usize = 16 * 1024;
 
-/// Records parsed together by the parsing task. Batches go back to it once read, so their
+/// Records parsed together by the parsing thread. Batches go back to it once read, so their
 /// records' buffers are reused instead of allocated for every record.
 #[derive(Default)]
 struct Batch {
@@ -418,11 +356,57 @@ fn csv_io_error(e: csv_async::Error) -> io::Error {
     }
 }
 
-/// The parsing task of one file: `csv_async` records, in batches, at most [`BATCHES_AHEAD`]
+type Parser = csv_async::AsyncReader<Guard<BlockingFile>>;
+
+/// Opens `path` for parsing and reads its header.
+async fn open_parser(
+    path: &Path,
+    options: &ExtractOptions,
+    guard: &Arc<GuardState>,
+) -> Result<(Parser, Columns), FileError> {
+    let io_err = |source| FileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let limit = (options.max_record_bytes + options.read_buffer_bytes) as u64;
+    // Records end at '\n' only: with the default CRLF terminator the parser reports the line
+    // of a record that follows "\r\n" one too low. The '\r' left at the end of the last field
+    // is trimmed in `field`.
+    let mut csv = AsyncReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .terminator(csv_async::Terminator::Any(b'\n'))
+        .buffer_capacity(options.read_buffer_bytes)
+        .create_reader(Guard {
+            inner: BlockingFile(file),
+            state: guard.clone(),
+            limit,
+            skipping: false,
+        });
+    let mut header = ByteRecord::new();
+    let has_header = csv
+        .read_byte_record(&mut header)
+        .await
+        .map_err(|e| io_err(csv_io_error(e)))?;
+    if !has_header {
+        return Err(FileError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let columns = Columns::from_header(path, &header)?;
+    guard
+        .boundary
+        .store(csv.position().byte(), Ordering::Relaxed);
+    guard.truncated.store(false, Ordering::Relaxed);
+    Ok((csv, columns))
+}
+
+/// The parsing loop of one file: `csv_async` records, in batches, at most [`BATCHES_AHEAD`]
 /// ahead of the reader, until the end of the file, the first error (sent after the records
 /// before it) or the reader going away.
 async fn parse_records(
-    mut csv: csv_async::AsyncReader<Guard<ReadAhead>>,
+    mut csv: Parser,
     guard: Arc<GuardState>,
     batch_bytes: usize,
     batches: tokio::sync::mpsc::Sender<io::Result<Batch>>,
@@ -447,7 +431,7 @@ async fn parse_records(
                     let size = record.as_slice().len();
                     batch.bytes += size;
                     batch.largest = batch.largest.max(size);
-                    // The guard sets the flag from inside this task's reads, so a plain load
+                    // The guard sets the flag from inside this thread's reads, so a plain load
                     // (and a store only when set) does what a swap would.
                     let truncated = guard.truncated.load(Ordering::Relaxed);
                     if truncated {
@@ -486,14 +470,14 @@ async fn parse_records(
 
 /// Reads one file, record by record.
 ///
-/// `csv_async` parses the file in a task of its own ([`parse_records`]), a few batches of
-/// records ahead, while `next` validates them: parsing was half of the reader's time, and the
-/// two halves now run side by side on the runtime's workers.
+/// `csv_async` reads and parses the file on a thread of its own ([`parse_records`]), a few
+/// batches of records ahead, while `next` validates them: parsing was half of the reader's
+/// time, and the two halves now run side by side. When the reader is dropped, the thread
+/// stops at its next hand-over.
 pub struct PlayReader {
     path: PathBuf,
     batches: tokio::sync::mpsc::Receiver<io::Result<Batch>>,
     reuse: tokio::sync::mpsc::UnboundedSender<Batch>,
-    parser: tokio::task::AbortHandle,
     batch: Batch,
     /// Next record of `batch`.
     at: usize,
@@ -504,68 +488,48 @@ pub struct PlayReader {
     counts: ExtractCounts,
 }
 
-impl Drop for PlayReader {
-    fn drop(&mut self) {
-        // The parsing task would stop at its next hand-over anyway; this stops it at once.
-        self.parser.abort();
-    }
-}
-
 impl PlayReader {
     /// Opens `path` and checks its header.
+    ///
+    /// The file is read and parsed on a thread of the blocking pool of its own (one per open
+    /// file, as many as `pipeline.readers`), which drives `csv_async` with plain blocking reads
+    /// while `next` validates on the caller's side.
     pub async fn open(path: &Path, options: &ExtractOptions) -> Result<PlayReader, FileError> {
-        let io_err = |source| FileError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = tokio::fs::File::open(path).await.map_err(io_err)?;
-        let file = ReadAhead::start(file.into_std().await, options.read_buffer_bytes);
         let guard = Arc::new(GuardState::default());
-        let limit = (options.max_record_bytes + options.read_buffer_bytes) as u64;
-        // Records end at '\n' only: with the default CRLF terminator the parser reports the line
-        // of a record that follows "\r\n" one too low. The '\r' left at the end of the last
-        // field is trimmed in `field`.
-        let mut csv = AsyncReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .terminator(csv_async::Terminator::Any(b'\n'))
-            .buffer_capacity(options.read_buffer_bytes)
-            .create_reader(Guard {
-                inner: file,
-                state: guard.clone(),
-                limit,
-                skipping: false,
-            });
-        let mut header = ByteRecord::new();
-        let has_header = csv
-            .read_byte_record(&mut header)
-            .await
-            .map_err(|e| io_err(csv_io_error(e)))?;
-        if !has_header {
-            return Err(FileError::Empty {
-                path: path.to_path_buf(),
-            });
-        }
-        let columns = Columns::from_header(path, &header)?;
-        guard
-            .boundary
-            .store(csv.position().byte(), Ordering::Relaxed);
-        guard.truncated.store(false, Ordering::Relaxed);
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
         let (batch_tx, batches) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
         let (reuse, reused) = tokio::sync::mpsc::unbounded_channel();
-        let parser = tokio::spawn(parse_records(
-            csv,
-            guard.clone(),
-            options.read_buffer_bytes.max(4096),
-            batch_tx,
-            reused,
-        ))
-        .abort_handle();
+        let runtime = tokio::runtime::Handle::current();
+        let (thread_path, thread_options, thread_guard) =
+            (path.to_path_buf(), options.clone(), guard.clone());
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                let csv = match open_parser(&thread_path, &thread_options, &thread_guard).await {
+                    Ok((csv, columns)) => {
+                        if opened_tx.send(Ok(columns)).is_err() {
+                            return;
+                        }
+                        csv
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let batch_bytes = thread_options.read_buffer_bytes.max(4096);
+                parse_records(csv, thread_guard, batch_bytes, batch_tx, reused).await;
+            })
+        });
+        let columns = opened.await.unwrap_or_else(|_| {
+            Err(FileError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other("the parsing thread stopped before reading the header"),
+            })
+        })?;
         Ok(PlayReader {
             path: path.to_path_buf(),
             batches,
             reuse,
-            parser,
             batch: Batch::default(),
             at: 0,
             done: false,
