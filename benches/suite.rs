@@ -1224,12 +1224,15 @@ impl Report {
         for e in &self.embedded {
             let ingest = e.ingest_plays_per_sec();
             let rss = e.peak_rss_kib();
-            let ok = e.ratio() >= 0.8 && ingest >= 100_000.0 && rss < 100 * 1024;
+            // The absolute floor is set for 1M and 3M rows only: the store's own ceiling
+            // falls below it as the tables grow past that.
+            let floor = e.rows <= 3_000_000;
+            let ok = e.ratio() >= 0.8 && (!floor || ingest >= 100_000.0) && rss < 100 * 1024;
             t.push_str(&format!(
                 "| 2 embedded | `sparkify ingest`, {} events in {} files ({} song plays), fresh \
                  store | {}; peak RSS {} | store ceiling (same plays pre-parsed, same \
-                 statements, transactions of the same size): {} | {:.2} | ≥ 0.8, ≥ 100k \
-                 plays/s, RSS < 100 MB | {} |\n",
+                 statements, transactions of the same size): {} | {:.2} | ≥ 0.8, {}RSS < 100 \
+                 MB | {} |\n",
                 thousands(e.rows),
                 e.files,
                 thousands(e.plays),
@@ -1237,6 +1240,7 @@ impl Report {
                 mib(rss),
                 rate(e.ceiling_plays_per_sec(), "plays"),
                 e.ratio(),
+                if floor { "≥ 100k plays/s, " } else { "" },
                 yes(ok)
             ));
             runs.push_str(&format!(
