@@ -588,13 +588,12 @@ impl Settings {
                 problem: "is empty; after_ingest = \"move\" needs a folder".into(),
             });
         }
-        if !self.telemetry.http_addr.is_empty()
-            && self.telemetry.http_addr.parse::<SocketAddr>().is_err()
-        {
+        if !self.telemetry.http_addr.is_empty() && !is_listen_address(&self.telemetry.http_addr) {
             return Err(ConfigError::Invalid {
                 key: "telemetry.http_addr",
                 problem: format!(
-                    "is {:?}; expected ip:port such as 127.0.0.1:9108, or empty to disable",
+                    "is {:?}; expected host:port such as 127.0.0.1:9108 or localhost:9108, or \
+                     empty to disable",
                     self.telemetry.http_addr
                 ),
             });
@@ -639,6 +638,24 @@ impl Settings {
             shown.cassandra.password = "********".into();
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+/// `ip:port`, `[ipv6]:port` or `name:port`: the forms a listener can be bound to. A name is
+/// only looked up when the daemon binds it.
+fn is_listen_address(addr: &str) -> bool {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok()
+                && !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
     }
 }
 
@@ -723,6 +740,36 @@ mod tests {
         );
         let err = load(&[], &["store.kind=postgres"]).unwrap_err();
         assert!(err.to_string().contains("embedded"), "{err}");
+    }
+
+    #[test]
+    fn http_addr_takes_ip_or_host_name_with_a_port() {
+        for ok in [
+            "127.0.0.1:9108",
+            "0.0.0.0:0",
+            "[::1]:9108",
+            "localhost:9108",
+            "metrics-0.svc:80",
+            "",
+        ] {
+            let s = load(&[], &[&format!("telemetry.http_addr={ok}")]);
+            assert!(s.is_ok(), "{ok}: {:?}", s.err());
+        }
+        for bad in [
+            "localhost",
+            "localhost:",
+            ":9108",
+            "127.0.0.1:99999",
+            "a b:9108",
+            "host:port",
+        ] {
+            let err = load(&[], &[&format!("telemetry.http_addr={bad}")]).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("telemetry.http_addr") && msg.contains("host:port"),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

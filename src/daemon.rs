@@ -6,7 +6,6 @@
 //! start-up scan is queued, WATCHDOG pings, STOPPING), and shutdown on SIGTERM/SIGINT.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,10 +56,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let http_stop = CancellationToken::new();
 
     if !settings.telemetry.http_addr.is_empty() {
-        let addr: SocketAddr = settings.telemetry.http_addr.parse()?;
         let handle = crate::telemetry::install_metrics()?;
-        let bound =
-            crate::telemetry::serve_http(addr, health.clone(), handle, http_stop.clone()).await?;
+        let bound = crate::telemetry::serve_http(
+            &settings.telemetry.http_addr,
+            health.clone(),
+            handle,
+            http_stop.clone(),
+        )
+        .await?;
         tracing::info!(addr = %bound, "Serving /metrics, /healthz and /readyz");
     }
 

@@ -234,9 +234,11 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Binds the HTTP endpoint; serves until `shutdown`. Returns the bound address.
+/// Binds the HTTP endpoint (`ip:port` or `name:port`; a name is looked up and the first of
+/// its addresses that can be bound is used); serves until `shutdown`. Returns the bound
+/// address.
 pub async fn serve_http(
-    addr: SocketAddr,
+    addr: &str,
     health: Arc<Health>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,

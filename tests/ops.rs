@@ -147,7 +147,8 @@ fn metrics_agree_with_the_logs_and_the_ledger() {
 #[test]
 fn readiness_follows_the_store() {
     let sb = Sandbox::new();
-    let d = Daemon::start(&sb, &[("SPARKIFY_TELEMETRY__HTTP_ADDR", "127.0.0.1:0")]);
+    // A host name is looked up when the endpoint is bound.
+    let d = Daemon::start(&sb, &[("SPARKIFY_TELEMETRY__HTTP_ADDR", "localhost:0")]);
     let addr = d.http_addr();
     d.wait_for_message("Watching folder", LONG);
     wait_until("ready", LONG, || get(&addr, "/readyz").0 == 200);
