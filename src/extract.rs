@@ -344,8 +344,7 @@ struct Batch {
     len: usize,
     /// Whether the guard shortened each record in use.
     truncated: Vec<bool>,
-    /// Field bytes of the records in use, in all and of the largest.
-    bytes: usize,
+    /// Field bytes of the largest record in use.
     largest: usize,
 }
 
@@ -415,13 +414,13 @@ async fn parse_records(
     loop {
         let mut batch = reused.try_recv().unwrap_or_default();
         batch.len = 0;
-        batch.bytes = 0;
         batch.largest = 0;
         batch.truncated.clear();
+        let mut bytes = 0;
         let mut end = None;
         // A batch ends after BATCH_RECORDS records or about one read buffer of field bytes,
         // whichever comes first, so memory stays bounded whatever the records look like.
-        while batch.len < BATCH_RECORDS && batch.bytes < batch_bytes {
+        while batch.len < BATCH_RECORDS && bytes < batch_bytes {
             if batch.records.len() == batch.len {
                 batch.records.push(ByteRecord::new());
             }
@@ -429,7 +428,7 @@ async fn parse_records(
             match csv.read_byte_record(record).await {
                 Ok(true) => {
                     let size = record.as_slice().len();
-                    batch.bytes += size;
+                    bytes += size;
                     batch.largest = batch.largest.max(size);
                     // The guard sets the flag from inside this thread's reads, so a plain load
                     // (and a store only when set) does what a swap would.
@@ -481,7 +480,6 @@ pub struct PlayReader {
     batch: Batch,
     /// Next record of `batch`.
     at: usize,
-    done: bool,
     guard: Arc<GuardState>,
     columns: Columns,
     options: ExtractOptions,
@@ -532,7 +530,6 @@ impl PlayReader {
             reuse,
             batch: Batch::default(),
             at: 0,
-            done: false,
             guard,
             columns,
             options: options.clone(),
@@ -560,9 +557,8 @@ impl PlayReader {
     pub async fn next(&mut self) -> Result<Option<Item>, FileError> {
         loop {
             if self.at == self.batch.len {
-                if self.done {
-                    return Ok(None);
-                }
+                // Once the parser has sent the end of the file or an error, its side of the
+                // channel is gone and every further call ends here with `None`.
                 match self.batches.recv().await {
                     Some(Ok(batch)) => {
                         let used = std::mem::replace(&mut self.batch, batch);
@@ -573,16 +569,12 @@ impl PlayReader {
                         continue;
                     }
                     Some(Err(e)) => {
-                        self.done = true;
                         return Err(FileError::Io {
                             path: self.path.clone(),
                             source: e,
                         });
                     }
-                    None => {
-                        self.done = true;
-                        return Ok(None);
-                    }
+                    None => return Ok(None),
                 }
             }
             let record = &self.batch.records[self.at];
@@ -910,5 +902,20 @@ mod tests {
         assert!(r.reason.contains("the bound is 1024 bytes"), "{}", r.reason);
         let Item::Play(p) = &items[1] else { panic!() };
         assert_eq!(p.item_in_session, 2);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_file_stays_the_end() {
+        let data = format!("{HEADER}\nA,Logged In,A,F,1,B,1.0,free,L,PUT,NextSong,1,2,S,200,1,3\n");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(data.as_bytes()).unwrap();
+        let mut r = PlayReader::open(f.path(), &ExtractOptions::default())
+            .await
+            .unwrap();
+        assert!(matches!(r.next().await, Ok(Some(Item::Play(_)))));
+        for _ in 0..3 {
+            assert!(matches!(r.next().await, Ok(None)));
+        }
+        assert_eq!(r.counts().plays, 1);
     }
 }

@@ -339,8 +339,7 @@ async fn writer(
                             .ok()
                             .flatten()
                     }
-                    Err(mpsc::error::TryRecvError::Empty) => None,
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(_) => None,
                 };
                 let Some(c) = next else { break };
                 rows += c.plays.len();

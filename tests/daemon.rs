@@ -569,18 +569,31 @@ fn poll_mode_takes_settled_files() {
     assert_eq!(d.stop(), 0);
 }
 
-#[test]
-fn a_locked_database_pauses_loading_and_sigterm_abandons_cleanly() {
-    let sb = Sandbox::new();
-    let d = Daemon::start(&sb, &[("SPARKIFY_EMBEDDED__BUSY_TIMEOUT_MS", "300")]);
+/// A daemon waiting `busy_timeout_ms` for SQLite's lock, another connection holding the write
+/// lock (an analyst's long transaction, a backup tool), and a file dropped meanwhile. The
+/// connection is returned so the test can let go of the lock.
+fn daemon_facing_a_locked_database(
+    sb: &Sandbox,
+    busy_timeout_ms: &str,
+) -> (Daemon, rusqlite::Connection) {
+    let d = Daemon::start(
+        sb,
+        &[("SPARKIFY_EMBEDDED__BUSY_TIMEOUT_MS", busy_timeout_ms)],
+    );
     d.wait_for_message("Watching folder", LONG);
-    // Another process holds the write lock (an analyst's long transaction, a backup tool).
     let blocker = rusqlite::Connection::open(sb.db()).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     drop_by_rename(
         &sb.join("event_data/2018-11-05-events.csv"),
         &sample_bytes("2018-11-05-events.csv"),
     );
+    (d, blocker)
+}
+
+#[test]
+fn a_locked_database_pauses_loading_and_sigterm_abandons_cleanly() {
+    let sb = Sandbox::new();
+    let (d, blocker) = daemon_facing_a_locked_database(&sb, "300");
     wait_until("the writer retrying", LONG, || {
         !d.messages("Write to the embedded store failed; retrying")
             .is_empty()
@@ -628,14 +641,7 @@ fn a_second_signal_exits_at_once() {
     let sb = Sandbox::new();
     // A write stuck inside SQLite's lock wait cannot be abandoned: the first SIGTERM waits
     // for it (up to the shutdown timeout); the second one ends the process.
-    let d = Daemon::start(&sb, &[("SPARKIFY_EMBEDDED__BUSY_TIMEOUT_MS", "30000")]);
-    d.wait_for_message("Watching folder", LONG);
-    let blocker = rusqlite::Connection::open(sb.db()).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
-    drop_by_rename(
-        &sb.join("event_data/2018-11-05-events.csv"),
-        &sample_bytes("2018-11-05-events.csv"),
-    );
+    let (d, blocker) = daemon_facing_a_locked_database(&sb, "30000");
     d.wait_for_message("Taking file", LONG);
     std::thread::sleep(Duration::from_millis(500));
     d.signal("TERM");
