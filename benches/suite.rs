@@ -149,7 +149,8 @@ Options (sizes take k and m suffixes: 3m = 3,000,000):
   --tiny                  every part at CI sizes
   --out FILE              also write the Markdown report to FILE";
 
-    /// Parses the bench's command line; `Err` holds the message to print.
+    /// Parses the bench's command line (`--help` is answered before it); `Err` holds the
+    /// message to print.
     pub fn from_args(args: &[String]) -> Result<(Plan, Option<PathBuf>), String> {
         let mut plan = if args.iter().any(|a| a == "--tiny") {
             Plan::tiny()
@@ -162,9 +163,6 @@ Options (sizes take k and m suffixes: 3m = 3,000,000):
             // cargo bench passes --bench to harness-less benches.
             if arg == "--bench" || arg == "--tiny" {
                 continue;
-            }
-            if arg == "--help" || arg == "-h" {
-                return Err(Plan::USAGE.to_string());
             }
             let mut value = || {
                 it.next()
@@ -342,9 +340,11 @@ pub fn run(plan: &Plan) -> Report {
                     plan,
                     &runtime,
                     &work,
+                    "real sample",
+                    &sample,
                     // A run on the sample takes a third of a second: three times the runs
                     // keep its median steady.
-                    ("real sample", &sample, plan.repeat * 3),
+                    plan.repeat * 3,
                 ));
                 if plan.cassandra_rows > 0 {
                     let (dir, _) = data.generated(plan.cassandra_rows, plan.rows_per_file);
@@ -353,7 +353,9 @@ pub fn run(plan: &Plan) -> Report {
                         plan,
                         &runtime,
                         &work,
-                        (&label, &dir, plan.repeat),
+                        &label,
+                        &dir,
+                        plan.repeat,
                     ));
                 }
             }
@@ -431,21 +433,18 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
     (v, t0.elapsed().as_secs_f64())
 }
 
-/// CPU seconds (user + system) this process has used, all threads together, from
-/// /proc/self/stat (ticks of 1/100 s); 0 where there is no such file.
+/// CPU seconds (user + system) this process has used, all threads together.
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The command name (field 2) may hold spaces; the fields after it are numbers.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
     };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Like [`timed`], also returning the CPU seconds used meanwhile.
@@ -772,7 +771,9 @@ fn cassandra(
     plan: &Plan,
     runtime: &tokio::runtime::Runtime,
     work: &Path,
-    (label, input, runs): (&str, &Path, usize),
+    label: &str,
+    input: &Path,
+    runs: usize,
 ) -> CassandraResult {
     let plays = runtime.block_on(parse_all(&csv_files(input)));
     let mut result = CassandraResult {
