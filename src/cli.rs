@@ -435,6 +435,7 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
     let bytes_read = Arc::new(AtomicU64::new(0));
     let mut options = PipelineOptions::from_settings(settings, &store);
     options.force = args.force;
+    options.input_roots = args.paths.clone();
     options.bytes_read = Some(bytes_read.clone());
 
     let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {

@@ -263,7 +263,8 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RejectsSettings {
-    /// Folder for `<file name>.rejects.csv`, one per input file that had rejected rows.
+    /// Folder for `<path>.<hash>.rejects.csv`, one per input file (and content) that had
+    /// rejected rows; see `rejects`.
     pub dir: PathBuf,
 }
 

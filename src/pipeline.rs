@@ -85,6 +85,9 @@ pub struct PipelineOptions {
     pub extract: ExtractOptions,
     pub transform: Transform,
     pub rejects_dir: PathBuf,
+    /// Folders (or files) the inputs were found under; a rejects file mirrors its input's path
+    /// below the first that holds it.
+    pub input_roots: Vec<PathBuf>,
     /// Load files even when their content is already ledgered as loaded.
     pub force: bool,
     /// Also count bytes read here (for a progress bar).
@@ -110,6 +113,7 @@ impl PipelineOptions {
                 repair_mojibake: settings.transform.repair_mojibake,
             },
             rejects_dir: settings.rejects.dir.clone(),
+            input_roots: vec![settings.watch.dir.clone()],
             force: false,
             bytes_read: None,
         }
@@ -560,15 +564,11 @@ impl ReaderContext {
             Err(e) if e.is_not_found() => return ReadEnd::Vanished,
             Err(e) => return ReadEnd::Failed(e.to_string()),
         };
-        let mut rejects = match RejectsFile::new(&opts.rejects_dir, path, reader.header()).await {
-            Ok(r) => r,
-            Err(e) => {
-                return ReadEnd::Failed(format!(
-                    "cannot prepare the rejects file in {}: {e}",
-                    opts.rejects_dir.display()
-                ));
-            }
-        };
+        let mut rejects = RejectsFile::new(
+            &opts.rejects_dir,
+            &crate::rejects::relative_input(&opts.input_roots, path),
+            reader.header(),
+        );
         let mut chunk: Vec<SongPlay> = self.pool.take();
         let mut last_bytes = 0u64;
         let end = loop {
@@ -596,10 +596,7 @@ impl ReaderContext {
                 Item::Reject(reject) => {
                     tracing::debug!(file = %path.display(), line = reject.line, column = %reject.column, reason = %reject.reason, "Rejected a row");
                     if let Err(e) = rejects.write(&reject).await {
-                        break ReadEnd::Failed(format!(
-                            "cannot write {}: {e}",
-                            rejects.path().display()
-                        ));
+                        break ReadEnd::Failed(format!("cannot write the rejects file: {e}"));
                     }
                     if state.report.sample_rejects.len() < SAMPLE_REJECTS {
                         state.report.sample_rejects.push(reject);
@@ -620,11 +617,9 @@ impl ReaderContext {
             );
         }
         state.report.counts = reader.counts();
-        if rejects.written() > 0 {
-            state.report.rejects_path = Some(rejects.path().to_path_buf());
-        }
-        if let Err(e) = rejects.finish().await {
-            return ReadEnd::Failed(format!("cannot write the rejects file: {e}"));
+        match rejects.finish(&state.report.content_hash).await {
+            Ok(written) => state.report.rejects_path = written,
+            Err(e) => return ReadEnd::Failed(format!("cannot write the rejects file: {e}")),
         }
         end
     }

@@ -393,10 +393,48 @@ fn corpus() -> Vec<Case> {
     cases
 }
 
+/// Every rejects file under `<sandbox>/rejects`, by path relative to it, with its records.
+/// Leftover temporary files fail the test: a rejects file is put in place whole or not at all.
+fn rejects_files(sb: &Sandbox) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
+    let root = sb.join("rejects");
+    let mut found = BTreeMap::new();
+    for e in walkdir::WalkDir::new(&root)
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let rel = e.path().strip_prefix(&root).unwrap().display().to_string();
+        assert!(
+            rel.ends_with(".rejects.csv"),
+            "stray file in rejects/: {rel}"
+        );
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        found.insert(rel, parse_csv(&text));
+    }
+    found
+}
+
+/// The records of the one rejects file of input `<name>.csv` loaded from a folder argument,
+/// `rejects/<name>.csv.<hash>.rejects.csv`; none when there is no such file.
 fn rejects_of(sb: &Sandbox, name: &str) -> Vec<BTreeMap<String, String>> {
-    std::fs::read_to_string(sb.join(&format!("rejects/{name}.csv.rejects.csv")))
-        .map(|text| parse_csv(&text))
+    let prefix = format!("{name}.csv.");
+    let mut matching: Vec<_> = rejects_files(sb)
+        .into_iter()
+        .filter(|(rel, _)| rel.starts_with(&prefix) && !rel.contains('/'))
+        .collect();
+    assert!(matching.len() <= 1, "{name}: {matching:?}");
+    matching
+        .pop()
+        .map(|(_, records)| records)
         .unwrap_or_default()
+}
+
+/// The 12-character content-hash part of a rejects file's name.
+fn hash_part(rel: &str) -> &str {
+    let stem = rel.strip_suffix(".rejects.csv").unwrap();
+    &stem[stem.len() - 12..]
 }
 
 fn plays_of_session(sb: &Sandbox, session: u32) -> usize {
@@ -538,19 +576,148 @@ fn strict_makes_rejects_fatal_and_validate_flags_them() {
 }
 
 #[test]
-fn a_rejects_file_from_an_earlier_load_does_not_outlive_a_clean_one() {
+fn a_reload_replaces_its_own_rejects_and_another_version_keeps_them() {
     let sb = Sandbox::new();
     let dir = sb.join("in");
     std::fs::create_dir(&dir).unwrap();
     let file = dir.join("day.csv");
-    std::fs::write(
-        &file,
-        text_file(&[HEADER.into(), row_with(1, 0, "userId", "")]),
-    )
-    .unwrap();
+    let bad = text_file(&[HEADER.into(), row_with(1, 0, "userId", "")]);
+    std::fs::write(&file, &bad).unwrap();
     assert_eq!(code(&sb.run(&["ingest", "in"])), 0);
-    assert_eq!(rejects_of(&sb, "day").len(), 1);
+    let first = rejects_files(&sb);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (name, records) = first.iter().next().unwrap();
+    assert_eq!(records.len(), 1);
+    // The same content again: its own rejects file is replaced, not appended to.
+    assert_eq!(code(&sb.run(&["ingest", "--force", "in"])), 0);
+    assert_eq!(rejects_files(&sb), first);
+    // A clean new version is another input: the rejects of the first stay.
     std::fs::write(&file, text_file(&[HEADER.into(), row(1, 0)])).unwrap();
     assert_eq!(code(&sb.run(&["ingest", "in"])), 0);
-    assert!(rejects_of(&sb, "day").is_empty());
+    assert_eq!(rejects_files(&sb), first, "{name} was touched");
+    // The name carries the content hash the ledger knows the file by.
+    let hashes: Vec<String> = table_rows(&sb.db(), "ingest_ledger")
+        .iter()
+        .map(|r| r.split('|').next().unwrap().to_string())
+        .collect();
+    assert!(
+        hashes.iter().any(|h| h.starts_with(hash_part(name))),
+        "{name} vs {hashes:?}"
+    );
+}
+
+/// `n` song plays of session `session` whose length is not a number, after one good play.
+fn many_rejects(session: u32, n: u32) -> Vec<u8> {
+    let mut lines = vec![HEADER.to_string(), row(session, 0)];
+    lines.extend((1..=n).map(|i| row_with(session, i, "length", &format!("bad{i}"))));
+    text_file(&lines)
+}
+
+/// Checks that a rejects file holds exactly the `n` records of `many_rejects(session, n)`.
+fn assert_whole_rejects(records: &[BTreeMap<String, String>], session: u32, n: u32) {
+    assert_eq!(records.len(), n as usize);
+    for (i, r) in (1..=n).zip(records) {
+        assert_eq!(r["line"], (i + 2).to_string());
+        assert_eq!(r["value"], format!("bad{i}"));
+        assert_eq!(r["sessionId"], session.to_string());
+        assert_eq!(r["song"], format!("Song {session}-{i}"));
+        assert_eq!(r["userId"], "7", "a torn record: {r:?}");
+    }
+}
+
+#[test]
+fn same_named_files_in_different_folders_keep_whole_rejects_of_their_own() {
+    let sb = Sandbox::new();
+    for (folder, session, n) in [("a", 1, 3000), ("b", 2, 2000)] {
+        std::fs::create_dir_all(sb.join(&format!("in/{folder}"))).unwrap();
+        std::fs::write(
+            sb.join(&format!("in/{folder}/day.csv")),
+            many_rejects(session, n),
+        )
+        .unwrap();
+    }
+    let out = sb.run(&["ingest", "in"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let found = rejects_files(&sb);
+    let names: Vec<&String> = found.keys().collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with("a/day.csv."), "{names:?}");
+    assert!(names[1].starts_with("b/day.csv."), "{names:?}");
+    assert_whole_rejects(&found[names[0]], 1, 3000);
+    assert_whole_rejects(&found[names[1]], 2, 2000);
+    // Each summary line names its own rejects file.
+    let log = stderr(&out);
+    assert!(
+        log.contains(&format!("rejects in rejects/{}", names[0])),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("rejects in rejects/{}", names[1])),
+        "{log}"
+    );
+
+    // A clean file of the same path under another argument leaves them alone.
+    std::fs::create_dir_all(sb.join("other/a")).unwrap();
+    std::fs::write(
+        sb.join("other/a/day.csv"),
+        text_file(&[HEADER.into(), row(3, 0)]),
+    )
+    .unwrap();
+    assert_eq!(code(&sb.run(&["ingest", "other"])), 0);
+    assert_eq!(rejects_files(&sb), found);
+    assert_eq!(plays_of_session(&sb, 3), 1);
+}
+
+#[test]
+fn a_251_byte_file_name_loads_and_its_rejects_name_is_shortened_to_fit() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.join("in")).unwrap();
+    let name = format!("{}.csv", "x".repeat(247));
+    assert_eq!(name.len(), 251);
+    std::fs::write(
+        sb.join("in").join(&name),
+        text_file(&[HEADER.into(), row(1, 0), row_with(1, 1, "length", "x")]),
+    )
+    .unwrap();
+    let out = sb.run(&["ingest", "in"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("files      1 loaded, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(plays_of_session(&sb, 1), 1);
+    let found = rejects_files(&sb);
+    let (rejects, records) = found.iter().next().expect("a rejects file");
+    assert!(rejects.len() <= 255, "{} bytes", rejects.len());
+    assert!(rejects.starts_with(&"x".repeat(200)), "{rejects}");
+    assert!(rejects.contains('~'), "{rejects}");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["value"], "x");
+}
+
+#[test]
+fn the_daemon_mirrors_the_watched_folder_in_rejects() {
+    let sb = Sandbox::new();
+    let d = Daemon::start(&sb, &[]);
+    d.wait_for_message("Watching folder", std::time::Duration::from_secs(30));
+    for (folder, session, n) in [("a", 1, 300), ("b", 2, 200)] {
+        drop_by_rename(
+            &sb.join(&format!("event_data/{folder}/day.csv")),
+            &many_rejects(session, n),
+        );
+    }
+    wait_until(
+        "both files ledgered",
+        std::time::Duration::from_secs(30),
+        || ledger_count(&sb.db(), "loaded") == 2,
+    );
+    assert_eq!(d.stop(), 0);
+    let found = rejects_files(&sb);
+    let names: Vec<&String> = found.keys().collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with("a/day.csv."), "{names:?}");
+    assert!(names[1].starts_with("b/day.csv."), "{names:?}");
+    assert_whole_rejects(&found[names[0]], 1, 300);
+    assert_whole_rejects(&found[names[1]], 2, 200);
 }
