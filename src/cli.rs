@@ -608,7 +608,7 @@ fn describe_reject(r: &crate::extract::Reject) -> String {
         format!("line {}: {}", r.line, r.reason)
     } else {
         format!(
-            "line {}: column {} = {:?}: {}",
+            "line {}: column {} = \"{}\": {}",
             r.line, r.column, r.value, r.reason
         )
     }

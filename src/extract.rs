@@ -103,12 +103,52 @@ pub enum FileError {
     #[error("{path}: the file is empty; expected a header line naming the columns")]
     Empty { path: PathBuf },
     /// The header lacks columns the tables need.
-    #[error("{path}: line 1: the header lacks required column(s) {}; found: {}", missing.join(", "), found.join(","))]
+    #[error("{path}: line 1: the header lacks required column(s) {}; found: {found}{}", missing.join(", "), hint_suffix(hint))]
     MissingColumns {
         path: PathBuf,
         missing: Vec<String>,
-        found: Vec<String>,
+        /// The header as shown: control characters and bytes that are not UTF-8 escaped,
+        /// shortened when long.
+        found: String,
+        /// What the file most likely is when it is not CSV text at all.
+        hint: Option<&'static str>,
     },
+    /// The header line is longer than any record may be.
+    #[error(
+        "{path}: line 1: the header is over {bound} bytes long (extract.max_record_bytes); it starts: {start}{}",
+        hint_suffix(hint)
+    )]
+    HeaderTooLong {
+        path: PathBuf,
+        bound: usize,
+        /// The start of the header as shown.
+        start: String,
+        hint: Option<&'static str>,
+    },
+}
+
+fn hint_suffix(hint: &Option<&'static str>) -> String {
+    hint.map(|h| format!(" ({h})")).unwrap_or_default()
+}
+
+/// Longest part of a header quoted back in a message, in characters.
+const SHOWN_HEADER_CHARS: usize = 200;
+
+/// The start of a raw header, escaped and shortened, for a message.
+fn shown_header(raw: &[u8]) -> String {
+    shown_within(raw, SHOWN_HEADER_CHARS)
+}
+
+/// Bytes from a file as quoted back in a message: escaped (see `escape`), at most `max_chars`
+/// characters and `…`. Only as much is looked at as can be shown (a character is at most 4
+/// bytes, so a character cut at the end of that is past the limit anyway).
+fn shown_within(raw: &[u8], max_chars: usize) -> String {
+    let head = &raw[..raw.len().min(max_chars * 4 + 4)];
+    let mut text = crate::escape::escape_bytes_within(head, max_chars);
+    if head.len() < raw.len() && !text.ends_with('…') {
+        text.push('…');
+    }
+    text
 }
 
 impl FileError {
@@ -198,10 +238,22 @@ impl Columns {
             .map(|c| c.to_string())
             .collect();
         if !missing.is_empty() {
+            // The fields as the file has them, comma-separated, for the message.
+            let mut raw = Vec::new();
+            for (i, f) in header.iter().enumerate() {
+                if i > 0 {
+                    raw.push(b',');
+                }
+                raw.extend_from_slice(f);
+                if raw.len() > SHOWN_HEADER_CHARS * 4 {
+                    break;
+                }
+            }
             return Err(FileError::MissingColumns {
                 path: path.to_path_buf(),
                 missing,
-                found: names,
+                found: shown_header(&raw),
+                hint: crate::escape::likely_binary(header.as_slice()),
             });
         }
         let at = |name: &str| find(name).expect("checked above");
@@ -391,6 +443,15 @@ async fn open_parser(
     if !has_header {
         return Err(FileError::Empty {
             path: path.to_path_buf(),
+        });
+    }
+    if guard.truncated.load(Ordering::Relaxed) || header.as_slice().len() > options.max_record_bytes
+    {
+        return Err(FileError::HeaderTooLong {
+            path: path.to_path_buf(),
+            bound: options.max_record_bytes,
+            start: shown_header(header.as_slice()),
+            hint: crate::escape::likely_binary(header.as_slice()),
         });
     }
     let columns = Columns::from_header(path, &header)?;
@@ -668,14 +729,9 @@ enum Verdict {
 /// Longest value quoted back in a message.
 const SHOWN_VALUE_CHARS: usize = 80;
 
+/// A value as quoted back in messages and in the rejects file's `value` column.
 fn shown(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
-    if text.chars().count() > SHOWN_VALUE_CHARS {
-        let cut: String = text.chars().take(SHOWN_VALUE_CHARS).collect();
-        format!("{cut}…")
-    } else {
-        text.into_owned()
-    }
+    shown_within(value, SHOWN_VALUE_CHARS)
 }
 
 fn classify(
@@ -812,7 +868,7 @@ fn classify(
     match play {
         Ok(p) => Verdict::Play(p),
         Err(Bad(i, reason)) => Verdict::Reject {
-            column: cols.names[i].clone(),
+            column: crate::escape::escape_str(&cols.names[i]).into_owned(),
             value: shown(field(i)),
             reason,
         },
@@ -902,6 +958,34 @@ mod tests {
         assert!(r.reason.contains("the bound is 1024 bytes"), "{}", r.reason);
         let Item::Play(p) = &items[1] else { panic!() };
         assert_eq!(p.item_in_session, 2);
+    }
+
+    #[tokio::test]
+    async fn a_header_over_the_record_bound_fails_the_file_with_its_start_escaped() {
+        let options = ExtractOptions {
+            max_record_bytes: 1024,
+            read_buffer_bytes: 4096,
+            keep_profile: false,
+        };
+        // Longer than the bound, and (with no line break at all) than the guard lets through.
+        for size in [3000, 100_000] {
+            let mut data = b"\x1f\x8b\x08\x00".to_vec();
+            data.resize(size, b'z');
+            let Err(e) = read_all(&data, &options).await else {
+                panic!("{size}: accepted")
+            };
+            let text = e.to_string();
+            assert!(matches!(e, FileError::HeaderTooLong { .. }), "{text}");
+            assert!(
+                text.contains("the header is over 1024 bytes long (extract.max_record_bytes); it starts: \\x1f\\x8b\\x08\\x00zzz"),
+                "{text}"
+            );
+            assert!(
+                text.ends_with("… (looks like gzip-compressed data; decompress it first)"),
+                "{text}"
+            );
+            assert!(text.len() < 400, "{text}");
+        }
     }
 
     #[tokio::test]

@@ -24,10 +24,12 @@
 //! - [`config`], [`telemetry`], [`retry`], [`cli`]: settings, logs/metrics/health, backoff,
 //!   and the command line.
 //! - [`generate`]: synthetic event files for load tests.
+//! - [`escape`]: how text from input files is shown (control characters escaped).
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod escape;
 pub mod extract;
 pub mod generate;
 pub mod ledger;

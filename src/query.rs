@@ -2,7 +2,8 @@
 //!
 //! Reads from whichever store is configured; each question is one single-partition read
 //! thanks to the table design. Output is an aligned table (default), CSV with a header row of
-//! the column names, or a JSON array of objects.
+//! the column names, or a JSON array of objects. Values are given back exactly in CSV and JSON;
+//! the table shows control characters escaped.
 
 use serde::Serialize;
 
@@ -82,8 +83,17 @@ pub fn render<T: Tabular>(rows: &[T], format: Format) -> String {
     }
 }
 
-/// Aligned columns: header, a rule, the rows.
+/// Aligned columns: header, a rule, the rows. This is the format read on a terminal, so
+/// control characters in values are shown escaped (see `escape`); CSV and JSON keep them.
 pub fn render_table(header: &[String], body: &[Vec<String>]) -> String {
+    let shown = |cells: &[String]| -> Vec<String> {
+        cells
+            .iter()
+            .map(|c| crate::escape::escape_str(c).into_owned())
+            .collect()
+    };
+    let header = &shown(header)[..];
+    let body: Vec<Vec<String>> = body.iter().map(|r| shown(r)).collect();
     let width = |i: usize| {
         body.iter()
             .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
@@ -107,7 +117,7 @@ pub fn render_table(header: &[String], body: &[Vec<String>]) -> String {
     out.push_str(&line(
         &widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
     ));
-    for r in body {
+    for r in &body {
         out.push_str(&line(r));
     }
     out
@@ -170,5 +180,26 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(&render(&rows, Format::Json)).unwrap();
         assert_eq!(json[0]["firstname"], "Kaylee");
+    }
+
+    #[test]
+    fn the_table_escapes_terminal_controls_and_csv_and_json_keep_them() {
+        let rows = vec![ListenerAnswer {
+            firstname: "A\u{1b}]0;owned\u{7}".into(),
+            lastname: "B\0C".into(),
+        }];
+        assert_eq!(
+            render(&rows, Format::Table),
+            "firstname          lastname\n\
+             -----------------  --------\n\
+             A\\x1b]0;owned\\x07  B\\x00C\n"
+        );
+        assert_eq!(
+            render(&rows, Format::Csv),
+            "firstname,lastname\nA\u{1b}]0;owned\u{7},B\0C\n"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render(&rows, Format::Json)).unwrap();
+        assert_eq!(json[0]["firstname"], "A\u{1b}]0;owned\u{7}");
+        assert_eq!(json[0]["lastname"], "B\0C");
     }
 }

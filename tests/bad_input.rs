@@ -721,3 +721,138 @@ fn the_daemon_mirrors_the_watched_folder_in_rejects() {
     assert_whole_rejects(&found[names[0]], 1, 300);
     assert_whole_rejects(&found[names[1]], 2, 200);
 }
+
+/// True when `bytes` hold a C0 control other than tab and line ending, or DEL: what a terminal
+/// could act on.
+fn has_raw_controls(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .any(|&b| (b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') || b == 0x7f)
+}
+
+#[test]
+fn control_bytes_in_values_are_stored_exactly_and_shown_escaped() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.join("in")).unwrap();
+    let artist = "Evil\u{1b}[2J\u{7}";
+    let song = "Nul\0Song\u{7f}";
+    let last = "Lee\u{1b}]0;title\u{7}";
+    let mut good = row_with(1, 0, "artist", artist);
+    good = good
+        .replace("Song 1-0", song)
+        .replace(",Lee,", &format!(",{last},"));
+    let bad = row_with(1, 1, "length", "1\u{1b}[31m");
+    std::fs::write(
+        sb.join("in/day.csv"),
+        text_file(&[HEADER.into(), good, bad]),
+    )
+    .unwrap();
+
+    let out = sb.run(&["ingest", "in"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        !has_raw_controls(&out.stdout) && !has_raw_controls(&out.stderr),
+        "{out:?}"
+    );
+    // Stored as written.
+    assert_eq!(
+        table_rows(&sb.db(), "song_plays_by_session"),
+        vec![format!("1|0|{artist}|{song}|201.5")]
+    );
+    // CSV and JSON give the values back exactly; the table shows them escaped.
+    let out = sb.run(&["query", "user", "7", "1", "--format", "csv"]);
+    assert_eq!(
+        stdout(&out),
+        format!("iteminsession,artist,song,firstname,lastname\n0,{artist},{song},Ann,{last}\n")
+    );
+    let out = sb.run(&["query", "user", "7", "1", "--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["artist"], artist);
+    assert_eq!(json[0]["song"], song);
+    assert_eq!(json[0]["lastname"], last);
+    let out = sb.run(&["query", "user", "7", "1"]);
+    assert!(!has_raw_controls(&out.stdout), "{:?}", stdout(&out));
+    assert!(
+        stdout(&out)
+            .contains("Evil\\x1b[2J\\x07  Nul\\x00Song\\x7f  Ann        Lee\\x1b]0;title\\x07"),
+        "{}",
+        stdout(&out)
+    );
+    // The reject's value is shown escaped; its original fields stay exact in the rejects file.
+    let out = sb.run(&["validate", "in"]);
+    assert!(!has_raw_controls(&out.stdout), "{:?}", stdout(&out));
+    assert!(
+        stdout(&out).contains("line 3: column length = \"1\\x1b[31m\": is not a number"),
+        "{}",
+        stdout(&out)
+    );
+    let r = &rejects_of(&sb, "day")[0];
+    assert_eq!(r["value"], "1\\x1b[31m");
+    assert_eq!(r["length"], "1\u{1b}[31m");
+}
+
+#[test]
+fn binary_headers_are_shown_escaped_with_their_likely_cause() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.join("in")).unwrap();
+    let csv = text_file(&[HEADER.into(), row(1, 0)]);
+    let gz = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&csv)?;
+            child.wait_with_output()
+        })
+        .unwrap()
+        .stdout;
+    assert_eq!(&gz[..2], b"\x1f\x8b");
+    std::fs::write(sb.join("in/gzip.csv"), &gz).unwrap();
+    let utf16: Vec<u8> = format!("\u{feff}{}", String::from_utf8(csv).unwrap())
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    std::fs::write(sb.join("in/utf16.csv"), &utf16).unwrap();
+
+    let out = sb.run(&["ingest", "in"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        !has_raw_controls(&out.stdout) && !has_raw_controls(&out.stderr),
+        "{out:?}"
+    );
+    let log = stderr(&out);
+    let line = |name: &str| {
+        log.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let gzip = line("gzip.csv");
+    assert!(gzip.starts_with("failed"), "{gzip}");
+    assert!(gzip.contains("found: \\x1f\\x8b\\x08"), "{gzip}");
+    assert!(
+        gzip.contains("(looks like gzip-compressed data; decompress it first)"),
+        "{gzip}"
+    );
+    let utf16 = line("utf16.csv");
+    assert!(
+        utf16.contains("found: \\xff\\xfea\\x00r\\x00t\\x00"),
+        "{utf16}"
+    );
+    assert!(
+        utf16.contains("(looks like UTF-16 text; save it as UTF-8)"),
+        "{utf16}"
+    );
+    assert!(utf16.len() < 600, "the header is shown shortened: {utf16}");
+    // The ledger keeps the same escaped reasons.
+    let status = sb.run(&["status", "--format", "json"]);
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in &entries {
+        let reason = e["reason"].as_str().unwrap();
+        assert!(!has_raw_controls(reason.as_bytes()), "{reason:?}");
+        assert!(reason.contains("(looks like "), "{reason}");
+    }
+}
