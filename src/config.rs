@@ -28,6 +28,12 @@ pub enum ConfigError {
     /// A `--set` argument was not `section.key=value`.
     #[error("configuration: `--set {0}` is not of the form section.key=value")]
     BadOverride(String),
+    /// A `SPARKIFY_<SECTION>__<KEY>` variable whose name or value is not UTF-8.
+    #[error(
+        "configuration: environment variable {name} is not valid UTF-8 (its {part}); \
+         settings are text"
+    )]
+    NotUnicode { name: String, part: &'static str },
 }
 
 /// A setting with a fixed set of values, read from and written as its lowercase name, whose
@@ -475,7 +481,7 @@ impl Settings {
         // setting wants one, so a username such as "007" is not read as the number 7.
         let vars: std::collections::HashMap<String, String> = match &sources.env {
             Some(vars) => vars.clone().into_iter().collect(),
-            None => std::env::vars().collect(),
+            None => process_env()?,
         };
         let prefix = format!("{ENV_PREFIX}_");
         let vars: std::collections::HashMap<String, String> = vars
@@ -510,39 +516,80 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Every numeric setting with its value; [`BOUNDS`] has the range of each.
+    fn numbers(&self) -> Vec<(&'static str, u64)> {
+        let (e, c, x, p, w, t) = (
+            &self.embedded,
+            &self.cassandra,
+            &self.extract,
+            &self.pipeline,
+            &self.watch,
+            &self.telemetry,
+        );
+        vec![
+            ("embedded.transaction_rows", e.transaction_rows as u64),
+            ("embedded.busy_timeout_ms", e.busy_timeout_ms),
+            ("cassandra.request_timeout_ms", c.request_timeout_ms),
+            ("cassandra.connect_timeout_ms", c.connect_timeout_ms),
+            (
+                "cassandra.replication_factor",
+                u64::from(c.replication_factor),
+            ),
+            ("cassandra.max_in_flight", c.max_in_flight as u64),
+            ("cassandra.max_batch_rows", c.max_batch_rows as u64),
+            ("cassandra.retry_initial_ms", c.retry_initial_ms),
+            ("cassandra.retry_max_ms", c.retry_max_ms),
+            ("extract.max_record_bytes", x.max_record_bytes as u64),
+            ("extract.read_buffer_bytes", x.read_buffer_bytes as u64),
+            ("pipeline.readers", p.readers as u64),
+            ("pipeline.writers", p.writers as u64),
+            ("pipeline.chunk_rows", p.chunk_rows as u64),
+            ("pipeline.file_queue", p.file_queue as u64),
+            ("pipeline.chunk_queue", p.chunk_queue as u64),
+            ("pipeline.shutdown_timeout_secs", p.shutdown_timeout_secs),
+            ("watch.poll_interval_ms", w.poll_interval_ms),
+            ("watch.settle_ms", w.settle_ms),
+            ("watch.rescan_secs", w.rescan_secs),
+            ("telemetry.readiness_probe_ms", t.readiness_probe_ms),
+        ]
+    }
+
     /// Checks values that deserialize fine but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn at_least(key: &'static str, value: usize, min: usize) -> Result<(), ConfigError> {
-            if value < min {
-                return Err(ConfigError::Invalid {
-                    key,
-                    problem: format!("is {value}; expected an integer of at least {min}"),
-                });
-            }
-            Ok(())
+        for (key, value) in self.numbers() {
+            check_range(key, value)?;
         }
-        at_least("pipeline.readers", self.pipeline.readers, 1)?;
-        at_least("pipeline.writers", self.pipeline.writers, 1)?;
-        at_least("pipeline.chunk_rows", self.pipeline.chunk_rows, 1)?;
-        at_least("pipeline.file_queue", self.pipeline.file_queue, 1)?;
-        at_least("pipeline.chunk_queue", self.pipeline.chunk_queue, 1)?;
-        at_least(
-            "embedded.transaction_rows",
-            self.embedded.transaction_rows,
-            1,
-        )?;
-        at_least(
-            "extract.max_record_bytes",
-            self.extract.max_record_bytes,
-            256,
-        )?;
-        at_least(
-            "extract.read_buffer_bytes",
-            self.extract.read_buffer_bytes,
-            4096,
-        )?;
-        at_least("cassandra.max_in_flight", self.cassandra.max_in_flight, 1)?;
-        at_least("cassandra.max_batch_rows", self.cassandra.max_batch_rows, 1)?;
+        for (dc, factor) in &self.cassandra.datacenters {
+            check_range("cassandra.datacenters", u64::from(*factor)).map_err(|_| {
+                let (min, max) = bounds_of("cassandra.datacenters");
+                ConfigError::Invalid {
+                    key: "cassandra.datacenters",
+                    problem: format!(
+                        "has {dc} = {factor}; expected a replication factor from {min} to {max}"
+                    ),
+                }
+            })?;
+        }
+        let queued = (self.pipeline.chunk_queue as u64) * (self.pipeline.chunk_rows as u64);
+        if queued > MAX_QUEUED_PLAYS {
+            return Err(ConfigError::Invalid {
+                key: "pipeline.chunk_queue",
+                problem: format!(
+                    "is {} with pipeline.chunk_rows = {}: {queued} song plays could wait in \
+                     memory; expected chunk_queue × chunk_rows of at most {MAX_QUEUED_PLAYS}",
+                    self.pipeline.chunk_queue, self.pipeline.chunk_rows
+                ),
+            });
+        }
+        if self.store.kind == StoreKind::Embedded {
+            check_database_path(&self.embedded.path)?;
+        }
+        crate::telemetry::log_filter(&self.telemetry.log_level).map_err(|problem| {
+            ConfigError::Invalid {
+                key: "telemetry.log_level",
+                problem,
+            }
+        })?;
         if self.store.kind == StoreKind::Cassandra && self.cassandra.nodes.is_empty() {
             return Err(ConfigError::Invalid {
                 key: "cassandra.nodes",
@@ -642,6 +689,121 @@ impl Settings {
     }
 }
 
+/// The range every numeric setting accepts, inclusive, checked with the other settings before
+/// anything runs (exit 2 naming the key, the value and the range). Generous next to the
+/// defaults, but no value inside can overflow a duration, size an absurd allocation or make a
+/// zero-length timer. `config/default.toml` and the README list the same ranges.
+pub const BOUNDS: &[(&str, u64, u64)] = &[
+    // Plays one transaction holds in memory before it commits.
+    ("embedded.transaction_rows", 1, 1_000_000),
+    // SQLite takes the lock wait in milliseconds as a 32-bit number; an hour is plenty.
+    ("embedded.busy_timeout_ms", 0, 3_600_000),
+    ("cassandra.request_timeout_ms", 1, 3_600_000),
+    ("cassandra.connect_timeout_ms", 1, 600_000),
+    ("cassandra.replication_factor", 1, 100),
+    ("cassandra.datacenters", 1, 100),
+    // One connection carries 32,768 streams at most in CQL v4.
+    ("cassandra.max_in_flight", 1, 32_768),
+    // A BATCH frame counts its statements in 16 bits.
+    ("cassandra.max_batch_rows", 1, 65_535),
+    ("cassandra.retry_initial_ms", 1, 60_000),
+    ("cassandra.retry_max_ms", 1, 3_600_000),
+    // 64 MiB: each reader may buffer this much.
+    ("extract.max_record_bytes", 256, 67_108_864),
+    ("extract.read_buffer_bytes", 4_096, 67_108_864),
+    // Each reader is a thread with its own buffers.
+    ("pipeline.readers", 1, 64),
+    ("pipeline.writers", 1, 64),
+    ("pipeline.chunk_rows", 1, 65_536),
+    ("pipeline.file_queue", 1, 65_536),
+    ("pipeline.chunk_queue", 1, 1_024),
+    ("pipeline.shutdown_timeout_secs", 0, 3_600),
+    ("watch.poll_interval_ms", 10, 3_600_000),
+    ("watch.settle_ms", 0, 3_600_000),
+    ("watch.rescan_secs", 1, 86_400),
+    ("telemetry.readiness_probe_ms", 50, 600_000),
+];
+
+/// `pipeline.chunk_queue × pipeline.chunk_rows` at most: the song plays that may wait between
+/// readers and writers (about 1 GiB of them), whatever each bound allows on its own.
+pub const MAX_QUEUED_PLAYS: u64 = 4_194_304;
+
+/// The range of a key of [`BOUNDS`].
+pub fn bounds_of(key: &str) -> (u64, u64) {
+    BOUNDS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, min, max)| (min, max))
+        .unwrap_or((0, u64::MAX))
+}
+
+fn check_range(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    let (min, max) = bounds_of(key);
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            key,
+            problem: format!("is {value}; expected an integer from {min} to {max}"),
+        });
+    }
+    Ok(())
+}
+
+/// The embedded store needs a file it can keep: not empty, not SQLite's in-memory database or
+/// a URI (either would lose every load when the process ends), not a folder.
+fn check_database_path(path: &Path) -> Result<(), ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        key: "embedded.path",
+        problem,
+    };
+    let text = path.to_string_lossy();
+    if text.trim().is_empty() {
+        return Err(invalid(
+            "is empty; expected the path of a database file such as sparkify.db".into(),
+        ));
+    }
+    if text == ":memory:" || text.starts_with("file:") {
+        return Err(invalid(format!(
+            "is {text:?}, an in-memory database or SQLite URI, which would forget every load; \
+             expected the path of a database file such as sparkify.db"
+        )));
+    }
+    if text.ends_with('/') || path.is_dir() {
+        return Err(invalid(format!(
+            "is {text:?}, a folder; expected the path of a database file, such as {:?}",
+            path.join("sparkify.db")
+        )));
+    }
+    Ok(())
+}
+
+/// The process's `SPARKIFY_*` variables. Other variables are never looked at, so one that is
+/// not UTF-8 cannot stop start-up; a setting variable that is not UTF-8 is refused by name.
+fn process_env() -> Result<std::collections::HashMap<String, String>, ConfigError> {
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut vars = std::collections::HashMap::new();
+    for (name, value) in std::env::vars_os() {
+        let bytes = name.as_encoded_bytes();
+        if !bytes.starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        let is_setting = bytes[prefix.len()..].windows(2).any(|w| w == b"__");
+        match (name.to_str(), value.to_str()) {
+            (Some(n), Some(v)) => {
+                vars.insert(n.to_string(), v.to_string());
+            }
+            // SPARKIFY_CONFIG, for one, is a path and not read here.
+            _ if !is_setting => {}
+            (n, _) => {
+                return Err(ConfigError::NotUnicode {
+                    name: name.to_string_lossy().into_owned(),
+                    part: if n.is_none() { "name" } else { "value" },
+                });
+            }
+        }
+    }
+    Ok(vars)
+}
+
 /// `ip:port`, `[ipv6]:port` or `name:port`: the forms a listener can be bound to. A name is
 /// only looked up when the daemon binds it.
 fn is_listen_address(addr: &str) -> bool {
@@ -737,7 +899,7 @@ mod tests {
         let err = load(&[], &["pipeline.readers=0"]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "configuration: `pipeline.readers` is 0; expected an integer of at least 1"
+            "configuration: `pipeline.readers` is 0; expected an integer from 1 to 64"
         );
         let err = load(&[], &["store.kind=postgres"]).unwrap_err();
         assert!(err.to_string().contains("embedded"), "{err}");
@@ -771,6 +933,153 @@ mod tests {
                 "{bad}: {msg}"
             );
         }
+    }
+
+    /// Every integer in the settings, by dotted key (`cassandra.datacenters.dc1`).
+    fn integer_keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Integer(_) => out.push(prefix.to_string()),
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    integer_keys(v, &key, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_numeric_setting_has_a_range_that_holds_its_default() {
+        let mut s = Settings::default();
+        s.cassandra.datacenters.insert("dc1".into(), 3);
+        let mut keys = Vec::new();
+        integer_keys(&toml::Value::try_from(&s).unwrap(), "", &mut keys);
+        let keys: Vec<String> = keys
+            .into_iter()
+            .map(|k| {
+                if k.starts_with("cassandra.datacenters.") {
+                    "cassandra.datacenters".to_string()
+                } else {
+                    k
+                }
+            })
+            .collect();
+        let mut bounded: Vec<&str> = BOUNDS.iter().map(|(k, _, _)| *k).collect();
+        let mut listed: Vec<&str> = keys.iter().map(String::as_str).collect();
+        bounded.sort();
+        listed.sort();
+        assert_eq!(
+            listed, bounded,
+            "a numeric setting without a range, or the reverse"
+        );
+        let numbers: Vec<&str> = s.numbers().iter().map(|(k, _)| *k).collect();
+        assert_eq!(numbers.len() + 1, BOUNDS.len(), "numbers() misses a key");
+        for (key, value) in s.numbers() {
+            let (min, max) = bounds_of(key);
+            assert!(min <= value && value <= max, "{key} default {value}");
+        }
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn values_outside_a_range_name_key_value_and_range() {
+        for (key, min, max) in BOUNDS {
+            if *key == "cassandra.datacenters" {
+                continue;
+            }
+            let over = format!("{key}={}", max + 1);
+            let err = load(&[], &[&over]).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "configuration: `{key}` is {}; expected an integer from {min} to {max}",
+                    max + 1
+                )
+            );
+            if *min > 0 {
+                let under = format!("{key}={}", min - 1);
+                let err = load(&[], &[&under]).unwrap_err().to_string();
+                assert!(err.contains(&format!("from {min} to {max}")), "{err}");
+            }
+            let at_max = load(&[], &[&format!("{key}={max}")]);
+            assert!(at_max.is_ok(), "{key}={max}: {:?}", at_max.err());
+        }
+        let err = load(&[], &["pipeline.chunk_rows=18446744073709551615"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("18446744073709551615") && err.contains("1 to 65536"),
+            "{err}"
+        );
+        let err = load(
+            &[],
+            &["pipeline.chunk_rows=65536", "pipeline.chunk_queue=1024"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("at most 4194304"), "{err}");
+        let err = load(
+            &[],
+            &[
+                "cassandra.replication_strategy=NetworkTopologyStrategy",
+                "cassandra.datacenters.dc1=0",
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("dc1 = 0") && err.contains("from 1 to 100"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_level_must_be_a_level_or_a_filter() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "warn,sparkify=debug",
+            "sparkify::pipeline=trace",
+        ] {
+            assert!(
+                load(&[], &[&format!("telemetry.log_level={ok}")]).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["loud", "", "info,loud", "sparkify=loud", "info,,debug"] {
+            let err = load(&[], &[&format!("telemetry.log_level={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`telemetry.log_level`"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_embedded_store_needs_a_file_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().display().to_string();
+        for bad in [
+            "",
+            " ",
+            ":memory:",
+            "file:x.db?mode=memory",
+            "data/",
+            folder.as_str(),
+        ] {
+            let err = load(&[], &[&format!("embedded.path={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`embedded.path`"), "{bad:?}: {err}");
+        }
+        assert!(load(&[], &[&format!("embedded.path={folder}/plays.db")]).is_ok());
+        // A Cassandra configuration does not use the file.
+        assert!(load(&[], &["store.kind=cassandra", "embedded.path=:memory:"]).is_ok());
     }
 
     #[test]

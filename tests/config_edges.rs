@@ -1,0 +1,229 @@
+//! Settings and process edges, through the real binary: values that pass `config check` must
+//! work, folders sparkify writes to cannot hide the watched one, signals and closed pipes end
+//! commands as documented, and no client of the HTTP port can starve the probes.
+
+mod util;
+
+use util::*;
+
+/// Values that once passed `config check` and then panicked, aborted or loaded nothing with
+/// exit 0. Each is now refused before any work, by `config check` and by `ingest` alike,
+/// naming the key, the value and the range; the store is never created.
+#[test]
+fn settings_that_cannot_work_are_refused_before_any_work() {
+    let sb = Sandbox::new();
+    let data = sb.copy_dir(&sample_dir(), "event_data");
+    let folder = sb.join("a_folder");
+    std::fs::create_dir(&folder).unwrap();
+    let folder = folder.display().to_string();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "pipeline.chunk_rows",
+            "18446744073709551615",
+            "`pipeline.chunk_rows` is 18446744073709551615; expected an integer from 1 to 65536",
+        ),
+        (
+            "pipeline.chunk_queue",
+            "18446744073709551615",
+            "`pipeline.chunk_queue` is 18446744073709551615; expected an integer from 1 to 1024",
+        ),
+        (
+            "pipeline.file_queue",
+            "18446744073709551615",
+            "`pipeline.file_queue` is 18446744073709551615; expected an integer from 1 to 65536",
+        ),
+        (
+            "embedded.busy_timeout_ms",
+            "18446744073709551615",
+            "`embedded.busy_timeout_ms` is 18446744073709551615; expected an integer from 0 to 3600000",
+        ),
+        (
+            "extract.read_buffer_bytes",
+            "18446744073709551615",
+            "`extract.read_buffer_bytes` is 18446744073709551615; expected an integer from 4096 to 67108864",
+        ),
+        (
+            "watch.rescan_secs",
+            "18446744073709551615",
+            "`watch.rescan_secs` is 18446744073709551615; expected an integer from 1 to 86400",
+        ),
+        (
+            "watch.settle_ms",
+            "18446744073709551615",
+            "`watch.settle_ms` is 18446744073709551615; expected an integer from 0 to 3600000",
+        ),
+        (
+            "pipeline.readers",
+            "100000",
+            "`pipeline.readers` is 100000; expected an integer from 1 to 64",
+        ),
+        ("embedded.path", "", "`embedded.path` is empty"),
+        (
+            "embedded.path",
+            ":memory:",
+            "`embedded.path` is \":memory:\"",
+        ),
+        ("embedded.path", &folder, "a folder"),
+        (
+            "telemetry.log_level",
+            "loud",
+            "`telemetry.log_level` is \"loud\": \"loud\" is not a level",
+        ),
+    ];
+    for (key, value, message) in cases {
+        let set = format!("{key}={value}");
+        for args in [
+            vec!["--set", &set, "config", "check"],
+            vec!["--set", &set, "ingest", data.to_str().unwrap()],
+        ] {
+            let out = sb.run(&args);
+            let err = stderr(&out);
+            assert_eq!(code(&out), 2, "{args:?}: {err}");
+            assert!(err.contains(message), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+        }
+        assert!(!sb.db().exists(), "{set}: the store was created");
+    }
+    // A TOML float is taken as an integer: `1e12` once aborted on a failed allocation.
+    let file = sb.join("huge.toml");
+    std::fs::write(&file, "[pipeline]\nchunk_rows = 1e12\n").unwrap();
+    for args in [
+        vec!["--config", file.to_str().unwrap(), "config", "check"],
+        vec![
+            "--config",
+            file.to_str().unwrap(),
+            "ingest",
+            data.to_str().unwrap(),
+        ],
+    ] {
+        let out = sb.run(&args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(
+                "`pipeline.chunk_rows` is 1000000000000; expected an integer from 1 to 65536"
+            ),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!sb.db().exists());
+    // The same through the environment, which is how the unit sets them.
+    let out = sb
+        .cmd(&["config", "check"])
+        .env("SPARKIFY_PIPELINE__CHUNK_ROWS", "18446744073709551615")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("expected an integer from 1 to 65536"));
+    // The largest accepted values work: every play loaded, exit 0.
+    let out = sb.run(&[
+        "--set",
+        "pipeline.chunk_rows=65536",
+        "--set",
+        "pipeline.file_queue=65536",
+        "--set",
+        "watch.rescan_secs=86400",
+        "--set",
+        "embedded.busy_timeout_ms=3600000",
+        "ingest",
+        "-q",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("files      30 loaded, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(table_rows(&sb.db(), "song_plays_by_session").len(), 6820);
+}
+
+/// A variable that is not UTF-8 once made every command panic (exit 101). Variables that are
+/// not sparkify's are now never read; a sparkify setting that is not UTF-8 is refused by name.
+#[test]
+fn environment_variables_that_are_not_utf8_never_break_start_up() {
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new();
+    let data = sb.copy_dir(&sample_dir(), "event_data");
+    let latin1 = std::ffi::OsStr::from_bytes(b"Bj\xf6rk");
+    let data_arg = data.to_str().unwrap();
+    for args in [
+        vec!["config", "check"],
+        vec!["config", "show"],
+        vec!["schema"],
+        vec!["validate", data_arg],
+        vec!["ingest", "-q", data_arg],
+        vec!["status"],
+        vec!["query", "session", "338", "4"],
+    ] {
+        let out = sb
+            .cmd(&args)
+            .env("SOME_OTHER_TOOL", latin1)
+            .env(std::ffi::OsStr::from_bytes(b"NAME_\xff"), "x")
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
+    }
+    let out = sb.run(&["query", "session", "338", "4"]);
+    assert!(stdout(&out).contains("Faithless"), "{}", stdout(&out));
+
+    let out = sb
+        .cmd(&["config", "check"])
+        .env("SPARKIFY_CASSANDRA__USERNAME", latin1)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "sparkify: error: configuration: environment variable SPARKIFY_CASSANDRA__USERNAME is \
+         not valid UTF-8 (its value); settings are text"
+    );
+    let out = sb
+        .cmd(&["config", "check"])
+        .env("RUST_LOG", latin1)
+        .output()
+        .unwrap();
+    // `config check` does not log; a command that does refuses the filter.
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = sb
+        .cmd(&["status"])
+        .env("RUST_LOG", latin1)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("RUST_LOG"), "{}", stderr(&out));
+}
+
+/// Every range the program enforces is written next to its key in the shipped defaults file.
+#[test]
+fn every_range_is_documented_in_the_defaults_file() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut section = String::new();
+    let mut comment = Vec::new();
+    let mut documented = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+        } else if line.starts_with('#') {
+            comment.push(line.to_string());
+            continue;
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            documented.insert(format!("{section}.{key}"), comment.join("\n"));
+        }
+        comment.clear();
+    }
+    for (key, min, max) in sparkify::config::BOUNDS {
+        if *key == "cassandra.datacenters" {
+            assert!(text.contains(&format!("from {min} to {max}")));
+            continue;
+        }
+        let doc = documented
+            .get(*key)
+            .unwrap_or_else(|| panic!("{key} is not in config/default.toml"));
+        assert!(
+            doc.contains(&format!("# Range: {min} to {max}.")),
+            "{key}: {doc}"
+        );
+    }
+}
