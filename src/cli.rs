@@ -273,6 +273,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
                 if let Some(dir) = args.dir {
                     settings.watch.dir = dir;
                 }
+                settings.check_folders()?;
                 crate::daemon::main(settings).await
             }
             Command::Ingest(args) => ingest(&settings, args).await,
@@ -295,7 +296,11 @@ fn config_command(cmd: &ConfigCommand, cli: &Cli, settings: &Settings) -> u8 {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "defaults and environment".into());
-            let problems = settings.check_files();
+            let mut problems = settings.check_files();
+            if let Err(e) = settings.check_folders() {
+                let text = e.to_string();
+                problems.push(text.trim_start_matches("configuration: ").to_string());
+            }
             if !problems.is_empty() {
                 for p in &problems {
                     eprintln!("sparkify: error: configuration: {p}");

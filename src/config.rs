@@ -649,6 +649,44 @@ impl Settings {
         Ok(())
     }
 
+    /// The folders sparkify writes to (`watch.done_dir`, `watch.failed_dir`, `rejects.dir`)
+    /// are never taken from, so one that is the watched folder or holds it would make the
+    /// daemon load nothing. Checked by `config check` and when the daemon starts; paths are
+    /// compared made absolute, `..` resolved and symlinks followed as far as they exist.
+    pub fn check_folders(&self) -> Result<(), ConfigError> {
+        let watched = resolved_path(&self.watch.dir);
+        for (key, dir) in [
+            ("watch.done_dir", &self.watch.done_dir),
+            ("watch.failed_dir", &self.watch.failed_dir),
+            ("rejects.dir", &self.rejects.dir),
+        ] {
+            if dir.as_os_str().is_empty() {
+                continue;
+            }
+            let dir_abs = resolved_path(dir);
+            if watched.starts_with(&dir_abs) {
+                let what = if watched == dir_abs {
+                    "is the watched folder"
+                } else {
+                    "contains the watched folder"
+                };
+                return Err(ConfigError::Invalid {
+                    key,
+                    problem: format!(
+                        "is {:?} ({}), which {what} `watch.dir` {:?} ({}): sparkify never takes \
+                         files from the folders it writes to, so nothing would be loaded; \
+                         expected a folder that does not hold it (beside it, or inside it)",
+                        dir.display().to_string(),
+                        dir_abs.display(),
+                        self.watch.dir.display().to_string(),
+                        watched.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Files the settings name that must be readable for the configured store
     /// (`sparkify config check`); one message per problem.
     pub fn check_files(&self) -> Vec<String> {
@@ -686,6 +724,37 @@ impl Settings {
             shown.cassandra.password = "********".into();
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+/// `path` made absolute with `..` and `.` resolved, through symlinks as far as it exists (the
+/// rest of it may not exist yet).
+fn resolved_path(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut lexical = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.as_path();
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return missing.iter().rev().fold(real, |p, name| p.join(name));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
     }
 }
 

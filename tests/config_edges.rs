@@ -227,3 +227,88 @@ fn every_range_is_documented_in_the_defaults_file() {
         );
     }
 }
+
+/// A `done_dir`, `failed_dir` or `rejects.dir` that is the watched folder or holds it once
+/// made the daemon load nothing, silently (sparkify never takes files from the folders it
+/// writes to). `config check` and `run` refuse it, naming both paths; folders inside or beside
+/// the watched one still work.
+#[test]
+fn a_folder_sparkify_writes_to_cannot_hold_the_watched_folder() {
+    let sb = Sandbox::new();
+    sb.copy_dir(&sample_dir(), "event_data");
+    std::os::unix::fs::symlink(sb.join("event_data"), sb.join("inbox")).unwrap();
+    let top = sb.path().display().to_string();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["watch.done_dir=."],
+            "watch.done_dir",
+            "contains the watched folder",
+        ),
+        (
+            &["watch.failed_dir=event_data"],
+            "watch.failed_dir",
+            "is the watched folder",
+        ),
+        (
+            &["watch.failed_dir=./event_data/sub/.."],
+            "watch.failed_dir",
+            "is the watched folder",
+        ),
+        (&[&format!("rejects.dir={top}")], "rejects.dir", "contains"),
+        // Through a symlink: the watched folder is `inbox`, which leads to `event_data`.
+        (
+            &["watch.dir=inbox", "rejects.dir=event_data"],
+            "rejects.dir",
+            "is the watched folder",
+        ),
+    ];
+    let watched = sb.join("event_data").canonicalize().unwrap();
+    for (sets, key, what) in cases {
+        let mut args: Vec<&str> = Vec::new();
+        for s in sets.iter() {
+            args.extend(["--set", s]);
+        }
+        if !sets.iter().any(|s| s.starts_with("watch.dir=")) {
+            args.extend(["--set", "watch.dir=event_data"]);
+        }
+        for command in [&["config", "check"][..], &["run"][..]] {
+            let mut full = args.clone();
+            full.extend(command);
+            let started = std::time::Instant::now();
+            let out = sb.run(&full);
+            let err = stderr(&out);
+            assert_eq!(code(&out), 2, "{full:?}: {err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(20));
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains(what),
+                "{full:?}: {err}"
+            );
+            assert!(
+                err.contains(&format!("({})", watched.display())) && err.contains("`watch.dir`"),
+                "{full:?}: both paths named: {err}"
+            );
+        }
+    }
+    // `run DIR` is checked the same way.
+    let out = sb.run(&["--set", "rejects.dir=.", "run", "event_data"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("`rejects.dir`"), "{}", stderr(&out));
+    assert!(!sb.db().exists(), "the daemon started");
+
+    // Inside or beside the watched folder is fine.
+    for sets in [
+        ["watch.done_dir=event_data/done", "rejects.dir=rejects"],
+        ["watch.done_dir=done", "rejects.dir=event_data/.rejects"],
+    ] {
+        let out = sb.run(&["--set", sets[0], "--set", sets[1], "config", "check"]);
+        assert_eq!(code(&out), 0, "{sets:?}: {}", stderr(&out));
+    }
+    // And the daemon with the defaults beside the folder loads the sample.
+    let daemon = Daemon::start(&sb, &[("SPARKIFY_WATCH__FAILED_DIR", "failed")]);
+    wait_until(
+        "the sample is loaded",
+        std::time::Duration::from_secs(60),
+        || ledger_count(&sb.db(), "loaded") == 30,
+    );
+    assert_eq!(daemon.stop(), 0);
+}
