@@ -351,6 +351,10 @@ pub struct Totals {
     pub failed: u64,
     pub duplicates: u64,
     pub vanished: u64,
+    /// Changed while being read, every time it was tried.
+    pub changed: u64,
+    /// Could not be read for a reason of this machine (open files, permissions, I/O).
+    pub unreadable: u64,
     pub abandoned: u64,
     #[serde(flatten)]
     pub counts: ExtractCounts,
@@ -369,6 +373,8 @@ impl Totals {
             Outcome::Failed(_) => self.failed += 1,
             Outcome::Duplicate { .. } => self.duplicates += 1,
             Outcome::Vanished => self.vanished += 1,
+            Outcome::Changed => self.changed += 1,
+            Outcome::Unreadable(_) => self.unreadable += 1,
             Outcome::Abandoned => self.abandoned += 1,
         }
         if matches!(r.outcome, Outcome::Loaded | Outcome::Failed(_)) {
@@ -421,6 +427,10 @@ pub fn report_line(r: &FileReport) -> String {
             format!("unchanged  {path}: same content already loaded from {previous_path}")
         }
         Outcome::Vanished => format!("vanished   {path}: removed before it could be read"),
+        Outcome::Changed => format!(
+            "changed    {path}: changed while being read, every time it was tried; load it again once it is complete"
+        ),
+        Outcome::Unreadable(reason) => format!("unreadable {reason}"),
         Outcome::Abandoned => format!("abandoned  {path}: not finished; it will be loaded again"),
     }
 }
@@ -442,6 +452,8 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
     options.force = args.force;
     options.input_roots = args.paths.clone();
     options.bytes_read = Some(bytes_read.clone());
+    options.changed_retries = CHANGED_RETRIES;
+    let given = files.len() as u64;
 
     let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(total_bytes);
@@ -511,19 +523,55 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
         }
     }
     let _ = feeder.await;
-    let _ = pipeline.await;
+    let pipeline = pipeline.await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     totals.finish(started.elapsed());
     print_summary(&totals, args.format);
-    Ok(if interrupted_at.is_some() {
+    let internal = match pipeline {
+        Ok(Ok(())) => None,
+        Ok(Err(panicked)) => Some(panicked.to_string()),
+        Err(e) => Some(format!("internal error: the pipeline failed: {e}")),
+    };
+    if let Some(message) = &internal {
+        eprintln!("sparkify: {message}");
+    }
+    Ok(ingest_exit_code(
+        &totals,
+        given,
+        interrupted_at.is_some(),
+        internal.is_some(),
+        args.strict,
+    ))
+}
+
+/// How often `ingest` reads a file again that changed while it was read.
+const CHANGED_RETRIES: u32 = 3;
+
+/// `ingest`'s exit code: 0 only when every file given was loaded, or skipped as already
+/// loaded (or had no song plays at all).
+fn ingest_exit_code(t: &Totals, given: u64, interrupted: bool, internal: bool, strict: bool) -> u8 {
+    if interrupted {
         EXIT_INTERRUPTED
-    } else if totals.failed > 0 || (args.strict && totals.counts.rejected > 0) {
+    } else if internal || t.files < given {
+        if !internal {
+            eprintln!(
+                "sparkify: {} of the {given} files given were not processed",
+                given - t.files
+            );
+        }
         EXIT_DATA
+    } else if t.failed + t.changed + t.unreadable + t.vanished > 0
+        || (strict && t.counts.rejected > 0)
+    {
+        EXIT_DATA
+    } else if t.abandoned > 0 {
+        // Not interrupted, so the store stopped answering before every write was acknowledged.
+        EXIT_STORE
     } else {
         0
-    })
+    }
 }
 
 fn print_summary(t: &Totals, format: SummaryFormat) {
@@ -533,7 +581,7 @@ fn print_summary(t: &Totals, format: SummaryFormat) {
         }
         SummaryFormat::Text => {
             println!(
-                "files      {} loaded, {} failed, {} already loaded{}{}",
+                "files      {} loaded, {} failed, {} already loaded{}{}{}{}",
                 t.loaded,
                 t.failed,
                 t.duplicates,
@@ -544,6 +592,16 @@ fn print_summary(t: &Totals, format: SummaryFormat) {
                 },
                 if t.abandoned > 0 {
                     format!(", {} abandoned", t.abandoned)
+                } else {
+                    String::new()
+                },
+                if t.changed > 0 {
+                    format!(", {} changed while read", t.changed)
+                } else {
+                    String::new()
+                },
+                if t.unreadable > 0 {
+                    format!(", {} unreadable", t.unreadable)
                 } else {
                     String::new()
                 },

@@ -68,7 +68,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
 
     // Every series exists from the start, so dashboards and alerts see zeros, not gaps.
-    for outcome in ["loaded", "failed", "duplicate", "vanished", "abandoned"] {
+    for outcome in [
+        "loaded",
+        "failed",
+        "duplicate",
+        "vanished",
+        "changed",
+        "unreadable",
+        "abandoned",
+    ] {
         metrics::counter!("sparkify_files_total", "outcome" => outcome).increment(0);
     }
     for table in crate::store::TABLES {
@@ -193,9 +201,20 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         while let Some(report) = report_rx.recv().await {
             on_report(&settings, &root, &report, &feedback_tx).await;
         }
-        let _ = (&mut pipeline).await;
+        (&mut pipeline).await
     })
     .await;
+    match &drained {
+        Ok(Ok(Err(panicked))) => {
+            tracing::error!(error = %panicked, "Stopping after an internal error");
+            exit = 1;
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "The pipeline failed");
+            exit = 1;
+        }
+        _ => {}
+    }
     if drained.is_err() {
         tracing::warn!(
             timeout_secs = limit.as_secs(),
@@ -316,6 +335,17 @@ async fn on_report(
         }
         Outcome::Vanished => {
             tracing::warn!(file, "File disappeared before it could be read");
+        }
+        Outcome::Changed => {
+            tracing::warn!(
+                file,
+                "File changed while being read; it will be taken again when it settles"
+            );
+            let _ = feedback.send(Feedback::Retry(report.path.clone()));
+        }
+        Outcome::Unreadable(reason) => {
+            tracing::warn!(file, reason = %reason, "File could not be read; it will be tried again at the next rescan");
+            let _ = feedback.send(Feedback::Retry(report.path.clone()));
         }
         Outcome::Abandoned => {
             tracing::info!(file, "File not finished; it will be taken again");

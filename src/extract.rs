@@ -99,6 +99,9 @@ pub enum FileError {
     /// The file could not be opened or read.
     #[error("{path}: cannot read: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// The file was truncated, appended to or rewritten while it was read.
+    #[error("{path}: changed while being read")]
+    Changed { path: PathBuf },
     /// The file has no header line.
     #[error("{path}: the file is empty; expected a header line naming the columns")]
     Empty { path: PathBuf },
@@ -152,10 +155,58 @@ fn shown_within(raw: &[u8], max_chars: usize) -> String {
 }
 
 impl FileError {
+    /// The error for a failed read of `path`.
+    fn from_io(path: &Path, source: io::Error) -> FileError {
+        if source.get_ref().is_some_and(|e| e.is::<ChangedWhileRead>()) {
+            FileError::Changed {
+                path: path.to_path_buf(),
+            }
+        } else {
+            FileError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+
+    /// True when the file was truncated, appended to or rewritten while it was read.
+    pub fn is_changed(&self) -> bool {
+        matches!(self, FileError::Changed { .. })
+    }
+
+    /// True when the failure comes from this machine rather than from the file's content
+    /// (too many open files, permission denied, an I/O error, a full disk): the same file may
+    /// well load on a later attempt.
+    pub fn is_local(&self) -> bool {
+        matches!(self, FileError::Io { source, .. } if is_local_io_error(source))
+    }
+
     /// True when the file vanished before or while it was read.
     pub fn is_not_found(&self) -> bool {
         matches!(self, FileError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
+}
+
+/// Whether an I/O error is this machine's problem (resources, permissions, hardware) rather
+/// than the file's: such a file is worth trying again later.
+pub fn is_local_io_error(e: &io::Error) -> bool {
+    const EIO: i32 = 5;
+    const ENOMEM: i32 = 12;
+    const EACCES: i32 = 13;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied
+            | io::ErrorKind::OutOfMemory
+            | io::ErrorKind::StorageFull
+            | io::ErrorKind::QuotaExceeded
+    ) || matches!(
+        e.raw_os_error(),
+        Some(EIO | ENOMEM | EACCES | ENFILE | EMFILE | ENOSPC | EDQUOT)
+    )
 }
 
 /// How files are read.
@@ -284,6 +335,8 @@ struct GuardState {
     boundary: AtomicU64,
     /// Set when the guard dropped bytes of the current record.
     truncated: AtomicBool,
+    /// The identity of exactly the bytes parsed, once the end of the file was reached.
+    content: std::sync::Mutex<Option<crate::ledger::Fingerprint>>,
 }
 
 /// Keeps one runaway record (an unclosed quote, a file of binary junk with no line breaks)
@@ -356,7 +409,50 @@ impl<R: AsyncRead + Unpin> AsyncRead for Guard<R> {
 /// thread (see [`PlayReader::open`]), where waiting for the disk is what is wanted: the parser
 /// asks for the next buffer only once it has used up the last one, and a read from the page
 /// cache costs less than handing the bytes over from another thread.
-struct BlockingFile(std::fs::File);
+///
+/// It also keeps the file's identity honest: every byte handed to the parser is hashed on the
+/// way, so the hash at the end is that of exactly the bytes whose rows were read; and after each
+/// read the file's size and modification time are checked against those it had when opened, so
+/// that a file truncated, appended to or rewritten in place stops at once with
+/// [`ChangedWhileRead`] instead of mixing old and new bytes.
+struct BlockingFile {
+    file: std::fs::File,
+    opened: (u64, Option<std::time::SystemTime>),
+    hasher: blake3::Hasher,
+    read: u64,
+    state: Arc<GuardState>,
+}
+
+/// The error a read returns when the file changed under the reader.
+#[derive(Debug, thiserror::Error)]
+#[error("the file changed while being read")]
+pub struct ChangedWhileRead;
+
+fn file_stamp(meta: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>) {
+    (meta.len(), meta.modified().ok())
+}
+
+impl BlockingFile {
+    fn open(path: &Path, state: Arc<GuardState>) -> io::Result<BlockingFile> {
+        let file = crate::ledger::open_regular(path)?;
+        let meta = file.metadata()?;
+        Ok(BlockingFile {
+            file,
+            opened: file_stamp(&meta),
+            hasher: blake3::Hasher::new(),
+            read: 0,
+            state,
+        })
+    }
+
+    fn unchanged(&self) -> io::Result<()> {
+        let now = file_stamp(&self.file.metadata()?);
+        if now != self.opened || self.read > self.opened.0 {
+            return Err(io::Error::other(ChangedWhileRead));
+        }
+        Ok(())
+    }
+}
 
 impl AsyncRead for BlockingFile {
     fn poll_read(
@@ -367,8 +463,27 @@ impl AsyncRead for BlockingFile {
         use std::io::Read;
         let this = self.get_mut();
         loop {
-            match this.0.read(buf.initialize_unfilled()) {
+            match this.file.read(buf.initialize_unfilled()) {
                 Ok(n) => {
+                    let fresh = &buf.initialize_unfilled()[..n];
+                    this.hasher.update(fresh);
+                    this.read += n as u64;
+                    // Checked after the read: bytes read before a change are the old content;
+                    // bytes read after it are never handed on.
+                    if let Err(e) = this.unchanged() {
+                        return Poll::Ready(Err(e));
+                    }
+                    if n == 0 {
+                        if this.read != this.opened.0 {
+                            return Poll::Ready(Err(io::Error::other(ChangedWhileRead)));
+                        }
+                        let mut content =
+                            this.state.content.lock().unwrap_or_else(|p| p.into_inner());
+                        *content = Some(crate::ledger::Fingerprint {
+                            content_hash: this.hasher.finalize().to_hex().to_string(),
+                            size: this.read,
+                        });
+                    }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -419,7 +534,7 @@ async fn open_parser(
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io_err)?;
+    let file = BlockingFile::open(path, guard.clone()).map_err(io_err)?;
     let limit = (options.max_record_bytes + options.read_buffer_bytes) as u64;
     // Records end at '\n' only: with the default CRLF terminator the parser reports the line
     // of a record that follows "\r\n" one too low. The '\r' left at the end of the last field
@@ -430,7 +545,7 @@ async fn open_parser(
         .terminator(csv_async::Terminator::Any(b'\n'))
         .buffer_capacity(options.read_buffer_bytes)
         .create_reader(Guard {
-            inner: BlockingFile(file),
+            inner: file,
             state: guard.clone(),
             limit,
             skipping: false,
@@ -439,7 +554,7 @@ async fn open_parser(
     let has_header = csv
         .read_byte_record(&mut header)
         .await
-        .map_err(|e| io_err(csv_io_error(e)))?;
+        .map_err(|e| FileError::from_io(path, csv_io_error(e)))?;
     if !has_header {
         return Err(FileError::Empty {
             path: path.to_path_buf(),
@@ -608,6 +723,16 @@ impl PlayReader {
         self.counts
     }
 
+    /// The identity (content hash and size) of exactly the bytes parsed: `Some` once the parser
+    /// has read to the end of a file that did not change meanwhile.
+    pub fn content(&self) -> Option<crate::ledger::Fingerprint> {
+        self.guard
+            .content
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Bytes of the file consumed so far (by the parser, which runs a little ahead).
     pub fn bytes_read(&self) -> u64 {
         self.guard.delivered.load(Ordering::Relaxed)
@@ -629,12 +754,7 @@ impl PlayReader {
                         self.at = 0;
                         continue;
                     }
-                    Some(Err(e)) => {
-                        return Err(FileError::Io {
-                            path: self.path.clone(),
-                            source: e,
-                        });
-                    }
+                    Some(Err(e)) => return Err(FileError::from_io(&self.path, e)),
                     None => return Ok(None),
                 }
             }
@@ -883,10 +1003,14 @@ pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
         let meta = std::fs::metadata(p)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
         if meta.is_dir() {
+            let warned = std::sync::Mutex::new(std::collections::HashSet::new());
             let mut found: Vec<PathBuf> = walkdir::WalkDir::new(p)
                 .follow_links(false)
                 .into_iter()
-                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.map_err(|e| crate::watch::warn_unreadable(&e, &warned))
+                        .ok()
+                })
                 .filter(|e| e.file_type().is_file())
                 .map(|e| e.into_path())
                 .filter(|p| {
@@ -896,8 +1020,14 @@ pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
                 .collect();
             found.sort();
             out.extend(found);
-        } else {
+        } else if meta.is_file() {
             out.push(p.clone());
+        } else {
+            // A FIFO, a device (`/dev/zero`), a socket: reading one would wait or never end.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a regular file or folder", p.display()),
+            ));
         }
     }
     Ok(out)

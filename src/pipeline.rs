@@ -52,6 +52,14 @@ pub enum Outcome {
     Duplicate { previous_path: String },
     /// The file disappeared before it could be read.
     Vanished,
+    /// The file was truncated, appended to or rewritten while it was read (as often as
+    /// `PipelineOptions::changed_retries` allows). Not ledgered under any identity: it is
+    /// loaded again once it is complete.
+    Changed,
+    /// The file could not be read for a reason of this machine, not of its content (too many
+    /// open files, permission denied, an I/O error, a full disk). Not ledgered: the daemon
+    /// takes it again on a later rescan.
+    Unreadable(String),
     /// Shutdown came first; not ledgered, so it is read again on the next start.
     Abandoned,
 }
@@ -92,6 +100,11 @@ pub struct PipelineOptions {
     pub force: bool,
     /// Also count bytes read here (for a progress bar).
     pub bytes_read: Option<Arc<AtomicU64>>,
+    /// How often a file that changed while read is read again once it has settled, before it
+    /// is reported [`Outcome::Changed`]. The daemon leaves that to its watcher (0).
+    pub changed_retries: u32,
+    /// How long a file must stay unchanged before it is read again after a change.
+    pub settle: Duration,
 }
 
 impl PipelineOptions {
@@ -116,6 +129,8 @@ impl PipelineOptions {
             input_roots: vec![settings.watch.dir.clone()],
             force: false,
             bytes_read: None,
+            changed_retries: 0,
+            settle: Duration::from_millis(settings.watch.settle_ms),
         }
     }
 }
@@ -239,14 +254,16 @@ impl ChunkPool {
 }
 
 /// Runs the pipeline until `jobs` is closed and drained (or `shutdown` fires and in-flight work
-/// has finished or been abandoned). Every file taken produces exactly one report.
+/// has finished or been abandoned). Every file taken produces exactly one report — unless a
+/// task of the pipeline panicked: then `shutdown` is fired, the rest is drained, and the
+/// panic is the error returned (the caller must not report success).
 pub async fn run(
     store: Store,
     options: PipelineOptions,
     jobs: mpsc::Receiver<FileJob>,
     reports: mpsc::UnboundedSender<FileReport>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), TaskPanicked> {
     let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(options.chunk_queue);
     let chunk_rx = Arc::new(Mutex::new(chunk_rx));
     let jobs = Arc::new(Mutex::new(jobs));
@@ -300,12 +317,50 @@ pub async fn run(
         });
     }
     drop(chunk_tx);
-    while readers.join_next().await.is_some() {}
+    let mut panicked = None;
+    let mut note = |what: &'static str, result: Result<(), tokio::task::JoinError>| {
+        if let Err(e) = result
+            && e.is_panic()
+        {
+            let message = panic_message(e.into_panic());
+            tracing::error!(task = what, panic = %message, "A pipeline task panicked; stopping");
+            shutdown.cancel();
+            panicked.get_or_insert(TaskPanicked {
+                task: what,
+                message,
+            });
+        }
+    };
+    while let Some(r) = readers.join_next().await {
+        note("reader", r);
+    }
     // Readers are done, so every chunk sender but the finalizers' is gone: writers drain the
     // queue and stop.
-    while writers.join_next().await.is_some() {}
+    while let Some(r) = writers.join_next().await {
+        note("writer", r);
+    }
     finalizers.close();
     finalizers.wait().await;
+    match panicked {
+        Some(p) => Err(p),
+        None => Ok(()),
+    }
+}
+
+/// A task of the pipeline panicked: a bug, never a success.
+#[derive(Debug, thiserror::Error)]
+#[error("internal error: a {task} task panicked: {message}")]
+pub struct TaskPanicked {
+    pub task: &'static str,
+    pub message: String,
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 async fn writer(
@@ -412,6 +467,28 @@ struct FileState {
 
 impl ReaderContext {
     async fn load_file(&self, job: FileJob) {
+        let mut attempts = 0;
+        loop {
+            let Some(report) = self.load_once(&job).await else {
+                return;
+            };
+            // The file changed while it was read: nothing of it was ledgered.
+            if attempts >= self.options.changed_retries || self.shutdown.is_cancelled() {
+                return deliver(&self.reports, report);
+            }
+            attempts += 1;
+            tracing::warn!(file = %job.path.display(), attempt = attempts, "File changed while being read; reading it again once it settles");
+            if !wait_until_settled(&job.path, self.options.settle, &self.shutdown).await {
+                let mut report = report;
+                report.outcome = Outcome::Abandoned;
+                return deliver(&self.reports, report);
+            }
+        }
+    }
+
+    /// One attempt at a file. Returns the report when the file changed while it was read (and
+    /// may be tried again); otherwise the report has been, or will be, delivered.
+    async fn load_once(&self, job: &FileJob) -> Option<FileReport> {
         // Counted from the moment the file is taken (its hash and ledger look-up come first),
         // so that a writer finishing another file's group waits for this one's chunks.
         let mut reading = Reading::start(&self.reading);
@@ -431,16 +508,26 @@ impl ReaderContext {
             report.outcome = outcome;
             report.elapsed = job.found_at.elapsed();
             deliver(&self.reports, report);
+            None
         };
 
         let fp = {
             let p = path.clone();
-            tokio::task::spawn_blocking(move || ledger::fingerprint(&p)).await
+            let stop = self.shutdown.clone();
+            tokio::task::spawn_blocking(move || ledger::fingerprint(&p, || stop.is_cancelled()))
+                .await
         };
         let fp = match fp {
             Ok(Ok(fp)) => fp,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return finish(report, Outcome::Vanished);
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                return finish(report, Outcome::Abandoned);
+            }
+            Ok(Err(e)) if crate::extract::is_local_io_error(&e) => {
+                let reason = format!("{}: cannot read: {e}", path.display());
+                return finish(report, Outcome::Unreadable(reason));
             }
             Ok(Err(e)) => {
                 let reason = format!("{}: cannot read: {e}", path.display());
@@ -478,7 +565,9 @@ impl ReaderContext {
             acks,
             ack,
         };
-        let read = self.read_into_chunks(&path, &mut state, &mut reading).await;
+        let read = self
+            .read_into_chunks(&path, &fp, &mut state, &mut reading)
+            .await;
         let FileState {
             mut report,
             chunks_sent,
@@ -490,6 +579,14 @@ impl ReaderContext {
             ReadEnd::Done => None,
             ReadEnd::Abandoned => return finish(report, Outcome::Abandoned),
             ReadEnd::Vanished => return finish(report, Outcome::Vanished),
+            ReadEnd::Unreadable(reason) => return finish(report, Outcome::Unreadable(reason)),
+            ReadEnd::Changed => {
+                // Chunks already queued are still written (upserts of rows the file did hold);
+                // nothing is ledgered, so the file is loaded again in full once it settles.
+                report.outcome = Outcome::Changed;
+                report.elapsed = job.found_at.elapsed();
+                return Some(report);
+            }
             ReadEnd::Failed(reason) => Some(reason),
         };
         let store = self.store.clone();
@@ -510,6 +607,24 @@ impl ReaderContext {
                     }
                 }
             }
+            let c = report.counts;
+            let failure = failure.or_else(|| {
+                // Song plays were there, and none of them could be loaded: that is a failed
+                // file, not a loaded one (a file with no song plays at all is loaded).
+                (c.plays == 0 && c.rejected > 0).then(|| {
+                    format!(
+                        "{}: every song play was rejected ({} of {} rows){}",
+                        report.path.display(),
+                        c.rejected,
+                        c.rows,
+                        report
+                            .rejects_path
+                            .as_ref()
+                            .map(|p| format!("; see {}", p.display()))
+                            .unwrap_or_default()
+                    )
+                })
+            });
             let (status, reason) = match (&failure, &store_error) {
                 (_, Some(StoreError::Abandoned)) => {
                     report.outcome = Outcome::Abandoned;
@@ -549,20 +664,21 @@ impl ReaderContext {
             report.elapsed = found_at.elapsed();
             deliver(&reports, report);
         });
+        None
     }
 
     /// Streams the file into chunks on the writers' queue.
     async fn read_into_chunks(
         &self,
         path: &Path,
+        hashed: &ledger::Fingerprint,
         state: &mut FileState,
         reading: &mut Reading<'_>,
     ) -> ReadEnd {
         let opts = &self.options;
         let mut reader = match PlayReader::open(path, &opts.extract).await {
             Ok(r) => r,
-            Err(e) if e.is_not_found() => return ReadEnd::Vanished,
-            Err(e) => return ReadEnd::Failed(e.to_string()),
+            Err(e) => return ReadEnd::from_error(e),
         };
         let mut rejects = RejectsFile::new(
             &opts.rejects_dir,
@@ -575,7 +691,7 @@ impl ReaderContext {
             let item = match reader.next().await {
                 Ok(Some(item)) => item,
                 Ok(None) => break ReadEnd::Done,
-                Err(e) => break ReadEnd::Failed(e.to_string()),
+                Err(e) => break ReadEnd::from_error(e),
             };
             match item {
                 Item::Play(mut play) => {
@@ -596,13 +712,19 @@ impl ReaderContext {
                 Item::Reject(reject) => {
                     tracing::debug!(file = %path.display(), line = reject.line, column = %reject.column, reason = %reject.reason, "Rejected a row");
                     if let Err(e) = rejects.write(&reject).await {
-                        break ReadEnd::Failed(format!("cannot write the rejects file: {e}"));
+                        break ReadEnd::Unreadable(format!("cannot write the rejects file: {e}"));
                     }
                     if state.report.sample_rejects.len() < SAMPLE_REJECTS {
                         state.report.sample_rejects.push(reject);
                     }
                 }
             }
+        };
+        // Only the bytes whose rows were read may be ledgered: the content hashed on the way
+        // must be the content hashed before (the identity the ledger was asked about).
+        let end = match end {
+            ReadEnd::Done if reader.content().as_ref() != Some(hashed) => ReadEnd::Changed,
+            other => other,
         };
         // Before the last chunk goes, so that a writer does not linger for more of this file.
         reading.stop();
@@ -619,7 +741,9 @@ impl ReaderContext {
         state.report.counts = reader.counts();
         match rejects.finish(&state.report.content_hash).await {
             Ok(written) => state.report.rejects_path = written,
-            Err(e) => return ReadEnd::Failed(format!("cannot write the rejects file: {e}")),
+            Err(e) => {
+                return ReadEnd::Unreadable(format!("cannot write the rejects file: {e}"));
+            }
         }
         end
     }
@@ -652,7 +776,56 @@ enum ReadEnd {
     Done,
     Abandoned,
     Vanished,
+    Changed,
+    Unreadable(String),
     Failed(String),
+}
+
+impl ReadEnd {
+    fn from_error(e: crate::extract::FileError) -> ReadEnd {
+        if e.is_not_found() {
+            ReadEnd::Vanished
+        } else if e.is_changed() {
+            ReadEnd::Changed
+        } else if e.is_local() {
+            ReadEnd::Unreadable(e.to_string())
+        } else {
+            ReadEnd::Failed(e.to_string())
+        }
+    }
+}
+
+/// Waits until `path` has kept its size and modification time for `settle`; false if the
+/// file is gone or shutdown came first.
+async fn wait_until_settled(path: &Path, settle: Duration, shutdown: &CancellationToken) -> bool {
+    let every = (settle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut last = stamp(path);
+    let mut since = tokio::time::Instant::now();
+    // A file that never settles (a log being written) is tried again after this anyway, and
+    // reported changed once the attempts are used up.
+    let give_up = since + settle * 10 + Duration::from_secs(30);
+    loop {
+        if last.is_none() {
+            return false;
+        }
+        if since.elapsed() >= settle || tokio::time::Instant::now() >= give_up {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = stamp(path);
+        if now != last {
+            last = now;
+            since = tokio::time::Instant::now();
+        }
+    }
 }
 
 /// Counts a finished file in the metrics and hands its report to the caller.
@@ -662,6 +835,8 @@ fn deliver(reports: &mpsc::UnboundedSender<FileReport>, report: FileReport) {
         Outcome::Failed(_) => "failed",
         Outcome::Duplicate { .. } => "duplicate",
         Outcome::Vanished => "vanished",
+        Outcome::Changed => "changed",
+        Outcome::Unreadable(_) => "unreadable",
         Outcome::Abandoned => "abandoned",
     };
     metrics::counter!("sparkify_files_total", "outcome" => outcome).increment(1);

@@ -171,7 +171,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "sparkify_files_total",
-        "Files finished, by outcome: loaded, failed, duplicate (content already loaded), vanished, abandoned"
+        "Files finished, by outcome: loaded, failed, duplicate (content already loaded), vanished, changed (while read), unreadable (a local reason), abandoned"
     );
     describe_counter!("sparkify_rows_read_total", "Records read after the header");
     describe_counter!("sparkify_song_plays_total", "Valid song plays read");

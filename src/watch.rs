@@ -12,7 +12,7 @@
 //! Hidden and temporary names are ignored, as are symlinks leading outside the folder and the
 //! folders sparkify itself writes to. The queue is bounded: when it is full the watcher waits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,14 +27,29 @@ use crate::config::{WatchMode, WatchSettings};
 use crate::pipeline::FileJob;
 
 /// Names producers use while a file is incomplete: `.name`, `name.tmp`, `name.part`, `name~`.
+/// Names are looked at as bytes: a name that is not valid UTF-8 is still a file to load.
 pub fn is_ignored_name(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    let Some(name) = path.file_name() else {
         return true;
     };
-    name.starts_with('.')
-        || name.ends_with(".tmp")
-        || name.ends_with(".part")
-        || name.ends_with('~')
+    let name = name.as_encoded_bytes();
+    name.starts_with(b".")
+        || name.ends_with(b".tmp")
+        || name.ends_with(b".part")
+        || name.ends_with(b"~")
+}
+
+/// Logs, once per path, a folder or entry that a scan could not read: an input is never
+/// skipped silently.
+pub fn warn_unreadable(error: &walkdir::Error, warned: &std::sync::Mutex<HashSet<PathBuf>>) {
+    let path = error.path().map(Path::to_path_buf).unwrap_or_default();
+    let first = warned
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.clone());
+    if first {
+        tracing::warn!(path = %path.display(), error = %error, "Cannot read this part of the folder; files in it are not loaded");
+    }
 }
 
 /// A message from the rest of the daemon to the watcher.
@@ -67,6 +82,8 @@ pub struct Discovery {
     pending: HashMap<PathBuf, Pending>,
     /// Files handed to the pipeline, with the size and time they had then.
     queued: HashMap<PathBuf, Stamp>,
+    /// Paths a scan could not read, already logged.
+    unreadable: std::sync::Mutex<HashSet<PathBuf>>,
 }
 
 fn stamp(meta: &std::fs::Metadata) -> Stamp {
@@ -107,6 +124,7 @@ impl Discovery {
             excluded,
             pending: HashMap::new(),
             queued: HashMap::new(),
+            unreadable: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -161,7 +179,7 @@ impl Discovery {
             .follow_links(false)
             .into_iter()
             .filter_entry(|e| !self.excluded.iter().any(|d| e.path().starts_with(d)))
-            .filter_map(|e| e.ok())
+            .filter_map(|e| e.map_err(|e| warn_unreadable(&e, &self.unreadable)).ok())
             .filter(|e| !e.file_type().is_dir())
             .map(|e| e.into_path())
             .collect();
@@ -407,13 +425,14 @@ pub async fn run(
     })?;
     let mut discovery = Discovery::new(&settings, &settings.dir, &excluded)?;
     // Watch before scanning, so that nothing landing in between is missed.
-    let mut events = start_events(&settings, discovery.root()).map_err(|e| {
+    let events = start_events(&settings, discovery.root()).map_err(|e| {
         anyhow::anyhow!(
             "cannot watch {} ({:?} mode): {e}",
             discovery.root().display(),
             settings.mode
         )
     })?;
+    let mut events = Some(events);
     health.set_watcher(true);
     let initial = discovery.startup();
     tracing::info!(dir = %discovery.root().display(), files = initial.len(), waiting = discovery.pending_len(), mode = ?settings.mode, "Watching folder");
@@ -434,7 +453,12 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            event = events.rx.recv() => {
+            event = async {
+                match events.as_mut() {
+                    Some(e) => e.rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 let Some(event) = event else { break };
                 tracing::trace!(?event, "File event");
                 discovery.on_event(&event, &mut ready);
@@ -443,13 +467,36 @@ pub async fn run(
                 Feedback::Retry(p) => discovery.retry(&p),
             },
             _ = tick.tick() => {
-                if events.overflowed.swap(false, Ordering::Relaxed) {
+                let present = discovery.root().is_dir();
+                match (&events, present) {
+                    (Some(_), false) => {
+                        tracing::warn!(dir = %discovery.root().display(), "The watched folder is gone; not ready until it is back");
+                        events = None;
+                        health.set_watcher(false);
+                    }
+                    (None, true) => match start_events(&settings, discovery.root()) {
+                        Ok(e) => {
+                            events = Some(e);
+                            health.set_watcher(true);
+                            // Forget what the old folder held, then take what the new one does.
+                            discovery.rescan();
+                            let found = discovery.startup();
+                            tracing::info!(dir = %discovery.root().display(), files = found.len(), "The watched folder is back; watching it again");
+                            ready.extend(found);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "Cannot watch the folder yet"),
+                    },
+                    _ => {}
+                }
+                if let Some(e) = &events
+                    && e.overflowed.swap(false, Ordering::Relaxed)
+                {
                     tracing::warn!("File events were lost; rescanning the folder");
                     discovery.rescan();
                 }
                 discovery.settle_tick(&mut ready);
             }
-            _ = rescan.tick() => {
+            _ = rescan.tick(), if events.is_some() => {
                 discovery.rescan();
             }
         }

@@ -581,7 +581,7 @@ fn a_reload_replaces_its_own_rejects_and_another_version_keeps_them() {
     let dir = sb.join("in");
     std::fs::create_dir(&dir).unwrap();
     let file = dir.join("day.csv");
-    let bad = text_file(&[HEADER.into(), row_with(1, 0, "userId", "")]);
+    let bad = text_file(&[HEADER.into(), row_with(1, 0, "userId", ""), row(1, 1)]);
     std::fs::write(&file, &bad).unwrap();
     assert_eq!(code(&sb.run(&["ingest", "in"])), 0);
     let first = rejects_files(&sb);

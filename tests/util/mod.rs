@@ -37,7 +37,21 @@ impl Sandbox {
 
     /// `sparkify ARGS` in the sandbox, with the HTTP endpoint off and logs kept quiet.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sparkify"));
+        self.cmd_via(&[], args)
+    }
+
+    /// `sparkify ARGS` started through `prefix` (e.g. `setpriv --reuid=…  --`), set up as
+    /// [`Sandbox::cmd`] does.
+    pub fn cmd_via(&self, prefix: &[&str], args: &[&str]) -> Command {
+        let bin = env!("CARGO_BIN_EXE_sparkify");
+        let mut c = match prefix.split_first() {
+            None => Command::new(bin),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+        };
         c.current_dir(self.path())
             .args(args)
             .env_remove("RUST_LOG")
@@ -218,7 +232,12 @@ pub const DAEMON_ENV: &[(&str, &str)] = &[
 impl Daemon {
     /// Starts `sparkify run` in the sandbox, watching `<sandbox>/event_data`.
     pub fn start(sb: &Sandbox, env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = sb.cmd(&["run"]);
+        Daemon::start_via(sb, &[], env)
+    }
+
+    /// Starts `sparkify run` through `prefix` (another user, a resource limit).
+    pub fn start_via(sb: &Sandbox, prefix: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = sb.cmd_via(prefix, &["run"]);
         cmd.env("SPARKIFY_TELEMETRY__LOG_FORMAT", "json")
             .env("SPARKIFY_WATCH__DIR", sb.join("event_data"));
         for (k, v) in DAEMON_ENV.iter().chain(env) {
