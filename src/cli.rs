@@ -325,6 +325,13 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Store::open(settings).await.context("cannot open the store")
 }
 
+/// For commands that only read (`query`, `status`): works on a read-only file.
+async fn open_store_read_only(settings: &Settings) -> anyhow::Result<Store> {
+    Store::open_read_only(settings)
+        .await
+        .context("cannot open the store")
+}
+
 /// Resolves once SIGINT or SIGTERM arrives.
 pub async fn interrupted() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -489,6 +496,7 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
     };
     let mut totals = Totals::default();
     let mut interrupted_at: Option<Instant> = None;
+    let mut unusable: Option<StoreError> = None;
     let signal = interrupted();
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -515,6 +523,13 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
                 });
             }
             _ = tick.tick() => {
+                if unusable.is_none()
+                    && let Some(e) = store.fatal()
+                {
+                    // Every later write would fail the same way: stop reading files.
+                    unusable = Some(e);
+                    shutdown.cancel();
+                }
                 if let Some(b) = &bar {
                     b.set_position(bytes_read.load(std::sync::atomic::Ordering::Relaxed));
                     b.set_message(format!("{} files, {} plays", totals.files, totals.counts.plays));
@@ -536,6 +551,14 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
     };
     if let Some(message) = &internal {
         eprintln!("sparkify: {message}");
+    }
+    if let Some(e) = unusable.or_else(|| store.fatal()) {
+        // Files not taken or not finished because of it are the store's doing, not the data's.
+        return Err(Failure {
+            code: EXIT_STORE,
+            message: format!("cannot use the store ({}): {e}", store.describe()),
+        }
+        .into());
     }
     Ok(ingest_exit_code(
         &totals,
@@ -624,7 +647,7 @@ fn print_summary(t: &Totals, format: SummaryFormat) {
 }
 
 async fn query_command(settings: &Settings, args: QueryArgs) -> anyhow::Result<u8> {
-    let store = open_store(settings).await?;
+    let store = open_store_read_only(settings).await?;
     let (text, rows) = match args.question {
         Question::Session {
             session_id,
@@ -807,7 +830,7 @@ async fn validate_command(settings: &Settings, args: ValidateArgs) -> anyhow::Re
 }
 
 async fn status_command(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
-    let store = open_store(settings).await?;
+    let store = open_store_read_only(settings).await?;
     let entries = store.ledger_all().await?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&entries)?),

@@ -230,6 +230,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
     http_stop.cancel();
     tracing::info!("Stopped");
+    if let Some(e) = store.fatal() {
+        return Err(Failure {
+            code: crate::cli::EXIT_STORE,
+            message: format!("cannot use the store: {e}"),
+        }
+        .into());
+    }
     Ok(exit)
 }
 
@@ -269,6 +276,12 @@ async fn probe_store(store: Store, health: Arc<Health>, every: Duration, token: 
         tokio::select! {
             _ = token.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        if let Some(e) = store.fatal() {
+            tracing::error!(error = %e, "The store cannot be used any more; shutting down");
+            health.store_down(&e.to_string());
+            token.cancel();
+            break;
         }
         match tokio::time::timeout(every.max(Duration::from_secs(1)), store.ping()).await {
             Ok(Ok(())) => {

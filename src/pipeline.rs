@@ -633,8 +633,9 @@ impl ReaderContext {
                     return;
                 }
                 (Some(reason), _) => (Status::Failed, reason.clone()),
-                (None, Some(e)) if e.is_transient() => {
-                    // Could not be written before giving up: leave it for a later attempt.
+                (None, Some(e)) if e.is_transient() || e.is_fatal() => {
+                    // Could not be written, through no fault of the file (an outage, a store
+                    // that is unusable): leave it for a later attempt.
                     report.outcome = Outcome::Abandoned;
                     report.elapsed = found_at.elapsed();
                     deliver(&reports, report);

@@ -41,8 +41,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    LEDGER_TABLE, ListenerAnswer, SessionAnswer, StoreError, TABLES, UserAnswer, WriteStats,
-    dump_line,
+    LEDGER_TABLE, ListenerAnswer, SessionAnswer, StoreError, TABLES, UserAnswer, WriteHealth,
+    WriteStats, dump_line,
 };
 use crate::config::{CassandraSettings, Compression, ReplicationStrategy, TlsSettings};
 use crate::extract::{ExtractCounts, SongPlay};
@@ -682,6 +682,7 @@ pub struct CassandraStore {
     statements: Statements,
     /// Requests outstanding in the whole process, shared by every writer task.
     permits: Arc<Semaphore>,
+    health: WriteHealth,
 }
 
 impl CassandraStore {
@@ -810,7 +811,13 @@ impl CassandraStore {
             settings: store_settings,
             session,
             statements,
+            health: WriteHealth::default(),
         })
+    }
+
+    /// Whether writes succeed.
+    pub fn health(&self) -> &WriteHealth {
+        &self.health
     }
 
     pub fn describe(&self) -> String {

@@ -6,21 +6,37 @@
 //! its clustering columns play. Writes go through one connection in large transactions with
 //! rows sorted by each table's key; reads (queries, ledger look-ups) use a second connection,
 //! which WAL mode lets run while a write transaction is open.
+//!
+//! A database is sparkify's when its header carries [`APPLICATION_ID`] (or, for files made
+//! before that mark, when its tables are exactly sparkify's). Anything else at the path — another
+//! application's database, a file that is not SQLite — is refused before a byte is written, and
+//! so is a sparkify database whose tables have been changed. `query` and `status` open the file
+//! read-only, so a read-only file or a read-only copy serves them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use tokio_util::sync::CancellationToken;
 
-use super::{ListenerAnswer, SessionAnswer, StoreError, TABLES, UserAnswer, WriteStats, dump_line};
+use super::{
+    LEDGER_TABLE, ListenerAnswer, SessionAnswer, StoreError, TABLES, UserAnswer, WriteHealth,
+    WriteStats, dump_line,
+};
 use crate::config::EmbeddedSettings;
 use crate::extract::{ExtractCounts, SongPlay};
 use crate::ledger::{LedgerEntry, Status};
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration when tables change.
 const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of sparkify's databases: "SPKY". `file(1)` and SQLite tools show it,
+/// and it is what tells sparkify's file from another application's.
+pub const APPLICATION_ID: i32 = 0x5350_4B59;
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 /// The tables, as SQLite DDL. Column names are the CQL ones.
 pub const SCHEMA_SQL: &str = "
@@ -63,24 +79,36 @@ pub struct EmbeddedStore {
     /// Device and inode of the file as opened: if the path stops leading to them (the file
     /// was deleted, moved or its volume unmounted), writes would go to an orphan.
     identity: Option<(u64, u64)>,
-    writer: Arc<Mutex<Connection>>,
+    /// `None` when opened read-only.
+    writer: Option<Arc<Mutex<Connection>>>,
     reader: Arc<Mutex<Connection>>,
+    health: WriteHealth,
 }
 
 fn classify(e: rusqlite::Error) -> StoreError {
     let text = e.to_string();
     match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Unavailable(format!("the disk is full ({text})")),
         Some(
             ErrorCode::DatabaseBusy
             | ErrorCode::DatabaseLocked
-            | ErrorCode::DiskFull
             | ErrorCode::SystemIoFailure
             | ErrorCode::OutOfMemory,
         ) => StoreError::Unavailable(text),
         Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
             StoreError::Unavailable(text)
         }
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt(text),
         _ => StoreError::Rejected(text),
+    }
+}
+
+/// An I/O error of the store's own, saying so plainly when the disk is full.
+fn io_error(what: &str, e: &std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        StoreError::Unavailable(format!("the disk is full: {what}: {e}"))
+    } else {
+        StoreError::Unavailable(format!("{what}: {e}"))
     }
 }
 
@@ -96,45 +124,393 @@ fn open_connection(path: &Path, busy_timeout_ms: u64) -> rusqlite::Result<Connec
     Ok(conn)
 }
 
+/// `file:` URI of a path, for SQLite's URI parameters.
+fn file_uri(path: &Path, params: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push('?');
+    uri.push_str(params);
+    uri
+}
+
+/// A connection that cannot write: nothing in the file or its folder changes.
+///
+/// With no write-ahead log beside the file, no other connection has it open (SQLite keeps the
+/// log while any does), so the file alone is the whole database and is read as immutable —
+/// no lock or shared-memory file is made, which is what lets a read-only folder or a read-only
+/// copy be read. Otherwise the log is read through SQLite's normal read-only mode.
+fn open_read_only_connection(path: &Path, busy_timeout_ms: u64) -> rusqlite::Result<Connection> {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let conn = if wal.exists() {
+        Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?
+    } else {
+        Connection::open_with_flags(
+            file_uri(path, "immutable=1"),
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?
+    };
+    conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+    Ok(conn)
+}
+
+/// What is at the store's path.
+#[derive(Debug, PartialEq)]
+enum Found {
+    /// No file: it is created as sparkify's.
+    Missing,
+    /// An empty file, or a SQLite database with no tables and no marks: taken as sparkify's.
+    Blank,
+    /// A sparkify database made before the application id was set: marked, then used.
+    Unmarked,
+    /// A sparkify database.
+    Ours,
+}
+
+/// Bytes shown as text, with anything unprintable escaped.
+fn printable(bytes: &[u8]) -> String {
+    bytes.escape_ascii().to_string()
+}
+
+/// Decides whether the file at `path` is sparkify's, without writing to it (or beside it).
+fn inspect(path: &Path, busy_timeout_ms: u64) -> Result<Found, StoreError> {
+    use std::io::Read;
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
+        Err(e) => return Err(io_error(&format!("cannot open {shown}"), &e)),
+    };
+    if !meta.is_file() {
+        return Err(StoreError::Foreign(format!(
+            "{shown} is not a regular file (embedded.path must name a database file)"
+        )));
+    }
+    if meta.len() == 0 {
+        return Ok(Found::Blank);
+    }
+    let mut header = Vec::with_capacity(100);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(100).read_to_end(&mut header))
+        .map_err(|e| io_error(&format!("cannot read {shown}"), &e))?;
+    if header.len() < 100 || !header.starts_with(SQLITE_MAGIC) {
+        return Err(StoreError::Foreign(format!(
+            "{shown} is not a SQLite database (it begins with \"{}\"); it was left as it is",
+            printable(&header[..header.len().min(16)])
+        )));
+    }
+    // Header fields, big-endian: user_version at 60, application_id at 68.
+    let field = |at: usize| {
+        i32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let (user_version, application_id) = (field(60), field(68));
+    if application_id != 0 && application_id != APPLICATION_ID {
+        return Err(StoreError::Foreign(format!(
+            "{shown} belongs to another application (its application_id is {application_id:#010x}; \
+             sparkify's is {APPLICATION_ID:#010x}); it was left as it is"
+        )));
+    }
+
+    let conn =
+        open_read_only_connection(path, busy_timeout_ms).map_err(|e| opened(path, classify(e)))?;
+    let found = tables_of(&conn).map_err(|e| opened(path, classify(e)))?;
+    let ours = expected_tables();
+    if application_id == 0 {
+        if found.is_empty() && user_version == 0 {
+            return Ok(Found::Blank);
+        }
+        let known: Vec<&str> = found
+            .keys()
+            .map(String::as_str)
+            .filter(|t| ours.contains_key(*t))
+            .collect();
+        if known.is_empty() || i64::from(user_version) > SCHEMA_VERSION {
+            let names: Vec<&str> = found.keys().map(String::as_str).collect();
+            return Err(StoreError::Foreign(format!(
+                "{shown} belongs to another application (user_version {user_version}, \
+                 application_id 0; tables: {}); sparkify's tables are {}; it was left as it is",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                },
+                ours.keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    } else if i64::from(user_version) > SCHEMA_VERSION {
+        return Err(StoreError::Schema(format!(
+            "{shown} was written by a newer sparkify (schema version {user_version}; this one knows {SCHEMA_VERSION})"
+        )));
+    }
+    let differences = schema_differences(&found, &ours);
+    if !differences.is_empty() {
+        return Err(StoreError::Schema(format!(
+            "{shown} does not have the tables sparkify writes: {}; it was left as it is",
+            differences.join("; ")
+        )));
+    }
+    Ok(if application_id == 0 {
+        Found::Unmarked
+    } else {
+        Found::Ours
+    })
+}
+
+/// Adds the path to an error met while opening.
+fn opened(path: &Path, e: StoreError) -> StoreError {
+    let shown = path.display();
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(format!("cannot open {shown}: {m}")),
+        StoreError::Corrupt(m) => StoreError::Corrupt(format!("{shown}: {m}")),
+        StoreError::Rejected(m) => StoreError::Rejected(format!("cannot open {shown}: {m}")),
+        other => other,
+    }
+}
+
+/// One column as SQLite reports it: name, declared type, NOT NULL, position in the key.
+#[derive(Debug, Clone, PartialEq)]
+struct Column {
+    name: String,
+    ty: String,
+    not_null: bool,
+    key: i64,
+}
+
+/// A table's columns (in order) and whether it is `WITHOUT ROWID`.
+#[derive(Debug, Clone, PartialEq)]
+struct Table {
+    columns: Vec<Column>,
+    without_rowid: bool,
+}
+
+/// Every ordinary table of a database.
+fn tables_of(conn: &Connection) -> rusqlite::Result<std::collections::BTreeMap<String, Table>> {
+    let names: Vec<(String, bool)> = conn
+        .prepare(
+            "SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
+             AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? != 0)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut tables = std::collections::BTreeMap::new();
+    for (name, without_rowid) in names {
+        let columns = conn
+            .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid")?
+            .query_map([&name], |r| {
+                Ok(Column {
+                    name: r.get(0)?,
+                    ty: r.get::<_, String>(1)?.to_ascii_uppercase(),
+                    not_null: r.get::<_, i64>(2)? != 0,
+                    key: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        tables.insert(
+            name,
+            Table {
+                columns,
+                without_rowid,
+            },
+        );
+    }
+    Ok(tables)
+}
+
+/// sparkify's tables as SQLite describes them, from [`SCHEMA_SQL`] in a scratch database.
+fn expected_tables() -> std::collections::BTreeMap<String, Table> {
+    let conn = Connection::open_in_memory().expect("an in-memory database opens");
+    conn.execute_batch(SCHEMA_SQL)
+        .expect("the schema is valid SQLite");
+    tables_of(&conn).expect("an in-memory database is readable")
+}
+
+/// How the tables found differ from sparkify's, one phrase per difference.
+fn schema_differences(
+    found: &std::collections::BTreeMap<String, Table>,
+    ours: &std::collections::BTreeMap<String, Table>,
+) -> Vec<String> {
+    let describe = |c: &Column| {
+        format!(
+            "{}{}",
+            if c.ty.is_empty() { "untyped" } else { &c.ty },
+            if c.not_null { " NOT NULL" } else { "" }
+        )
+    };
+    let key = |t: &Table| {
+        let mut k: Vec<&Column> = t.columns.iter().filter(|c| c.key > 0).collect();
+        k.sort_by_key(|c| c.key);
+        format!(
+            "({})",
+            k.iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut out = Vec::new();
+    for (name, want) in ours {
+        let Some(got) = found.get(name) else {
+            out.push(format!("table {name} is missing"));
+            continue;
+        };
+        for w in &want.columns {
+            match got
+                .columns
+                .iter()
+                .find(|g| g.name.eq_ignore_ascii_case(&w.name))
+            {
+                None => out.push(format!("{name} has no column {} ({})", w.name, describe(w))),
+                Some(g) if describe(g) != describe(w) => out.push(format!(
+                    "{name}.{} is {}, not {}",
+                    w.name,
+                    describe(g),
+                    describe(w)
+                )),
+                Some(_) => {}
+            }
+        }
+        for g in &got.columns {
+            if !want
+                .columns
+                .iter()
+                .any(|w| w.name.eq_ignore_ascii_case(&g.name))
+            {
+                out.push(format!(
+                    "{name} has a column {} that sparkify does not write",
+                    g.name
+                ));
+            }
+        }
+        if key(got) != key(want) {
+            out.push(format!(
+                "{name}'s primary key is {}, not {}",
+                key(got),
+                key(want)
+            ));
+        }
+        if got.without_rowid != want.without_rowid {
+            out.push(format!(
+                "{name} is {}a WITHOUT ROWID table",
+                if got.without_rowid { "" } else { "not " }
+            ));
+        }
+    }
+    out
+}
+
 impl EmbeddedStore {
-    /// Opens (creating if needed) the database file and its tables.
+    /// Opens the database file for loading: creates it (with its tables) when it is missing
+    /// or empty, marks a sparkify database made before the application id existed, and refuses
+    /// anything else without writing to it.
     pub async fn open(settings: &EmbeddedSettings) -> Result<EmbeddedStore, StoreError> {
         let path = settings.path.clone();
         let busy = settings.busy_timeout_ms;
-        tokio::task::spawn_blocking(move || Self::open_blocking(&path, busy))
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, busy, false))
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
-    fn open_blocking(path: &Path, busy_timeout_ms: u64) -> Result<EmbeddedStore, StoreError> {
-        let context = |e: rusqlite::Error| {
-            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
-        };
+    /// Opens an existing sparkify database for reading only; nothing is created or written.
+    pub async fn open_read_only(settings: &EmbeddedSettings) -> Result<EmbeddedStore, StoreError> {
+        let path = settings.path.clone();
+        let busy = settings.busy_timeout_ms;
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, busy, true))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    fn open_blocking(
+        path: &Path,
+        busy_timeout_ms: u64,
+        read_only: bool,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let shown = path.display();
+        if path.as_os_str().is_empty() {
+            return Err(StoreError::Rejected(
+                "embedded.path is empty; expected the database file's path".into(),
+            ));
+        }
+        let found = inspect(path, busy_timeout_ms)?;
+        if read_only {
+            if matches!(found, Found::Missing | Found::Blank) {
+                return Err(StoreError::Unavailable(format!(
+                    "{shown} {} (embedded.path); nothing has been loaded into it yet",
+                    if found == Found::Missing {
+                        "does not exist"
+                    } else {
+                        "is empty"
+                    }
+                )));
+            }
+            let reader = open_read_only_connection(path, busy_timeout_ms)
+                .map_err(|e| opened(path, classify(e)))?;
+            return Ok(EmbeddedStore {
+                identity: file_identity(path),
+                path: path.to_path_buf(),
+                writer: None,
+                reader: Arc::new(Mutex::new(reader)),
+                health: WriteHealth::default(),
+            });
+        }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| io_error(&format!("cannot create {}", parent.display()), &e))?;
         }
-        let writer = open_connection(path, busy_timeout_ms).map_err(context)?;
-        let version: i64 = writer
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(context)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Schema(format!(
-                "{} was written by a newer sparkify (schema version {version}; this one knows {SCHEMA_VERSION})",
-                path.display()
-            )));
+        let context = |e: rusqlite::Error| opened(path, classify(e));
+        let mut writer = open_connection(path, busy_timeout_ms).map_err(context)?;
+        match found {
+            Found::Missing | Found::Blank => {
+                // One transaction: a crash leaves either a blank file or a complete one.
+                let tx = writer.transaction().map_err(context)?;
+                tx.pragma_update(None, "application_id", APPLICATION_ID)
+                    .map_err(context)?;
+                tx.execute_batch(SCHEMA_SQL).map_err(context)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(context)?;
+                tx.commit().map_err(context)?;
+            }
+            Found::Unmarked => {
+                let tx = writer.transaction().map_err(context)?;
+                tx.pragma_update(None, "application_id", APPLICATION_ID)
+                    .map_err(context)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(context)?;
+                tx.commit().map_err(context)?;
+            }
+            Found::Ours => {}
         }
-        writer.execute_batch(SCHEMA_SQL).map_err(context)?;
-        writer
-            .pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(context)?;
         let reader = open_connection(path, busy_timeout_ms).map_err(context)?;
         Ok(EmbeddedStore {
             identity: file_identity(path),
             path: path.to_path_buf(),
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Some(Arc::new(Mutex::new(writer))),
             reader: Arc::new(Mutex::new(reader)),
+            health: WriteHealth::default(),
+        })
+    }
+
+    /// Whether writes succeed.
+    pub fn health(&self) -> &WriteHealth {
+        &self.health
+    }
+
+    fn writer(&self) -> Result<Arc<Mutex<Connection>>, StoreError> {
+        self.writer.clone().ok_or_else(|| {
+            StoreError::Rejected(format!("{} was opened read-only", self.path.display()))
         })
     }
 
@@ -148,7 +524,7 @@ impl EmbeddedStore {
     }
 
     /// Upserts the plays in one transaction, retrying while the database is busy or the disk
-    /// is full, until `cancel` fires.
+    /// is full, until `cancel` fires or [`WriteHealth`] says to give up.
     pub async fn write(
         &self,
         plays: Arc<Vec<SongPlay>>,
@@ -156,8 +532,10 @@ impl EmbeddedStore {
     ) -> Result<WriteStats, StoreError> {
         let mut backoff =
             crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let writer = self.writer()?;
         loop {
-            let writer = self.writer.clone();
+            self.health.check()?;
+            let writer = writer.clone();
             let batch = plays.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -167,11 +545,13 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             match result {
                 Ok(mut stats) => {
+                    self.health.succeeded();
                     metrics::counter!("sparkify_store_requests_total").increment(stats.requests);
                     stats.retries = backoff.attempts();
                     return Ok(stats);
                 }
                 Err(e) if e.is_transient() => {
+                    self.health.failed(&e)?;
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Write to the embedded store failed; retrying");
                     metrics::counter!("sparkify_store_retries_total", "cause" => "unavailable")
@@ -181,7 +561,10 @@ impl EmbeddedStore {
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.health.failed(&e)?;
+                    return Err(e);
+                }
             }
         }
     }
@@ -191,13 +574,23 @@ impl EmbeddedStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
             f(&conn)
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
-        .map_err(classify)
+        .map_err(|e| match classify(e) {
+            StoreError::Corrupt(m) => StoreError::Corrupt(format!("{}: {m}", self.path.display())),
+            other => other,
+        });
+        if let Err(e) = &result
+            && e.is_fatal()
+        {
+            // A corrupt page met by a read ends the store's use as surely as one met by a write.
+            self.health.failed(e)?;
+        }
+        result
     }
 
     pub async fn ledger_get(&self, content_hash: &str) -> Result<Option<LedgerEntry>, StoreError> {
@@ -213,9 +606,10 @@ impl EmbeddedStore {
     }
 
     pub async fn ledger_put(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
+        self.health.check()?;
         let e = entry.clone();
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
+        let writer = self.writer()?;
+        let result = tokio::task::spawn_blocking(move || {
             let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO ingest_ledger (content_hash, path, size, rows_read, \
@@ -239,7 +633,12 @@ impl EmbeddedStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
-        .map_err(classify)
+        .map_err(classify);
+        match &result {
+            Ok(()) => self.health.succeeded(),
+            Err(e) => self.health.failed(e)?,
+        }
+        result
     }
 
     pub async fn ledger_all(&self) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -326,8 +725,12 @@ impl EmbeddedStore {
                 self.path.display()
             )));
         }
-        self.read(|c| c.query_row("SELECT count(*) FROM ingest_ledger", [], |_| Ok(())))
-            .await
+        self.read(|c| {
+            c.query_row(&format!("SELECT count(*) FROM {LEDGER_TABLE}"), [], |_| {
+                Ok(())
+            })
+        })
+        .await
     }
 
     pub async fn dump(&self, table: &str) -> Result<Vec<String>, StoreError> {
