@@ -584,11 +584,9 @@ impl Settings {
         if self.store.kind == StoreKind::Embedded {
             check_database_path(&self.embedded.path)?;
         }
-        crate::telemetry::log_filter(&self.telemetry.log_level).map_err(|problem| {
-            ConfigError::Invalid {
-                key: "telemetry.log_level",
-                problem,
-            }
+        log_filter(&self.telemetry.log_level).map_err(|problem| ConfigError::Invalid {
+            key: "telemetry.log_level",
+            problem,
         })?;
         if self.store.kind == StoreKind::Cassandra && self.cassandra.nodes.is_empty() {
             return Err(ConfigError::Invalid {
@@ -596,12 +594,10 @@ impl Settings {
                 problem: "is empty; expected at least one host:port".into(),
             });
         }
-        crate::store::cassandra::parse_consistency(&self.cassandra.consistency).map_err(
-            |problem| ConfigError::Invalid {
-                key: "cassandra.consistency",
-                problem,
-            },
-        )?;
+        parse_consistency(&self.cassandra.consistency).map_err(|problem| ConfigError::Invalid {
+            key: "cassandra.consistency",
+            problem,
+        })?;
         if self.cassandra.replication_strategy == ReplicationStrategy::NetworkTopologyStrategy
             && self.cassandra.datacenters.is_empty()
         {
@@ -889,6 +885,50 @@ fn is_listen_address(addr: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// Checks a consistency level name (`LOCAL_QUORUM`, `quorum`, `ONE`, ...).
+pub fn parse_consistency(name: &str) -> Result<scylla::statement::Consistency, String> {
+    use scylla::statement::Consistency as C;
+    Ok(match name.trim().to_ascii_uppercase().as_str() {
+        "ANY" => C::Any,
+        "ONE" => C::One,
+        "TWO" => C::Two,
+        "THREE" => C::Three,
+        "QUORUM" => C::Quorum,
+        "ALL" => C::All,
+        "LOCAL_QUORUM" => C::LocalQuorum,
+        "EACH_QUORUM" => C::EachQuorum,
+        "LOCAL_ONE" => C::LocalOne,
+        other => {
+            return Err(format!(
+                "is {other:?}; expected one of ONE, TWO, THREE, QUORUM, ALL, LOCAL_QUORUM, \
+                 EACH_QUORUM, LOCAL_ONE, ANY"
+            ));
+        }
+    })
+}
+
+/// Parses a log filter as the logger uses it (`telemetry.log_level`). Stricter than
+/// `EnvFilter` alone, which takes a lone word such as `loud` as the name of a module to trace
+/// and so silences every other line: each comma-separated part must be a level (`off`,
+/// `error`, `warn`, `info`, `debug`, `trace`) or `target=level`.
+pub fn log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    let expected = "expected a level (off, error, warn, info, debug, trace) or a filter such \
+                    as warn,sparkify=debug";
+    if spec.trim().is_empty() {
+        return Err(format!("is empty; {expected}"));
+    }
+    for part in spec.split(',').map(str::trim) {
+        let is_level = LEVELS.iter().any(|l| part.eq_ignore_ascii_case(l));
+        if part.is_empty() || !(is_level || part.contains('=')) {
+            return Err(format!("is {spec:?}: {part:?} is not a level; {expected}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(spec)
+        .map_err(|e| format!("is {spec:?}: {e}; {expected}"))
 }
 
 #[cfg(test)]

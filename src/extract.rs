@@ -336,7 +336,7 @@ struct GuardState {
     /// Set when the guard dropped bytes of the current record.
     truncated: AtomicBool,
     /// The identity of exactly the bytes parsed, once the end of the file was reached.
-    content: std::sync::Mutex<Option<crate::ledger::Fingerprint>>,
+    content: std::sync::Mutex<Option<crate::identity::Fingerprint>>,
 }
 
 /// Keeps one runaway record (an unclosed quote, a file of binary junk with no line breaks)
@@ -434,7 +434,7 @@ fn file_stamp(meta: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>) 
 
 impl BlockingFile {
     fn open(path: &Path, state: Arc<GuardState>) -> io::Result<BlockingFile> {
-        let file = crate::ledger::open_regular(path)?;
+        let file = crate::identity::open_regular(path)?;
         let meta = file.metadata()?;
         Ok(BlockingFile {
             file,
@@ -479,7 +479,7 @@ impl AsyncRead for BlockingFile {
                         }
                         let mut content =
                             this.state.content.lock().unwrap_or_else(|p| p.into_inner());
-                        *content = Some(crate::ledger::Fingerprint {
+                        *content = Some(crate::identity::Fingerprint {
                             content_hash: this.hasher.finalize().to_hex().to_string(),
                             size: this.read,
                         });
@@ -725,7 +725,7 @@ impl PlayReader {
 
     /// The identity (content hash and size) of exactly the bytes parsed: `Some` once the parser
     /// has read to the end of a file that did not change meanwhile.
-    pub fn content(&self) -> Option<crate::ledger::Fingerprint> {
+    pub fn content(&self) -> Option<crate::identity::Fingerprint> {
         self.guard
             .content
             .lock()
@@ -995,6 +995,35 @@ fn classify(
     }
 }
 
+/// Names producers use while a file is incomplete: `.name`, `name.tmp`, `name.part`, `name~`.
+/// Names are looked at as bytes: a name that is not valid UTF-8 is still a file to load.
+pub fn is_ignored_name(path: &Path) -> bool {
+    let Some(name) = path.file_name() else {
+        return true;
+    };
+    let name = name.as_encoded_bytes();
+    name.starts_with(b".")
+        || name.ends_with(b".tmp")
+        || name.ends_with(b".part")
+        || name.ends_with(b"~")
+}
+
+/// Logs, once per path, a folder or entry that a scan could not read: an input is never
+/// skipped silently.
+pub fn warn_unreadable(
+    error: &walkdir::Error,
+    warned: &std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+) {
+    let path = error.path().map(Path::to_path_buf).unwrap_or_default();
+    let first = warned
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.clone());
+    if first {
+        tracing::warn!(path = %path.display(), error = %error, "Cannot read this part of the folder; files in it are not loaded");
+    }
+}
+
 /// Lists the `*.csv` files under each path (files are taken as given, folders recursively),
 /// sorted by path within each folder so loads are reproducible.
 pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
@@ -1007,15 +1036,12 @@ pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
             let mut found: Vec<PathBuf> = walkdir::WalkDir::new(p)
                 .follow_links(false)
                 .into_iter()
-                .filter_map(|e| {
-                    e.map_err(|e| crate::watch::warn_unreadable(&e, &warned))
-                        .ok()
-                })
+                .filter_map(|e| e.map_err(|e| warn_unreadable(&e, &warned)).ok())
                 .filter(|e| e.file_type().is_file())
                 .map(|e| e.into_path())
                 .filter(|p| {
                     p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv"))
-                        && !crate::watch::is_ignored_name(p)
+                        && !is_ignored_name(p)
                 })
                 .collect();
             found.sort();

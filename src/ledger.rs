@@ -7,8 +7,6 @@
 //! a file whose content changed is loaded again. The entries live in the store itself (a table
 //! next to the three query tables), so they share its durability.
 
-use std::io::Read;
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -102,88 +100,6 @@ pub fn format_utc_ms(ms: i64) -> String {
     )
 }
 
-/// A file's identity for the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint {
-    pub content_hash: String,
-    pub size: u64,
-}
-
-/// Opens `path` for reading if it is a regular file. Anything else (a FIFO, a device such as
-/// `/dev/zero`, a socket, a folder) is refused before it is opened: opening a FIFO would wait
-/// for a writer, and reading a device would never end.
-pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("not a regular file ({})", kind_of(&meta)),
-        ));
-    }
-    let file = std::fs::File::open(path)?;
-    // The path may have been replaced between the two calls.
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok(file)
-}
-
-fn kind_of(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a folder"
-    } else if t.is_fifo() {
-        "a named pipe"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a file"
-    }
-}
-
-/// Why a hash was not finished.
-pub const STOPPED: &str = "stopped before the file was read";
-
-/// Hashes a file's content (blocking; call from a blocking thread). `stop` is asked between
-/// reads, so that a shutdown is not held up by a large file; a stopped hash is an
-/// `Interrupted` error.
-pub fn fingerprint(path: &Path, stop: impl Fn() -> bool) -> std::io::Result<Fingerprint> {
-    let mut file = open_regular(path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        if stop() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                STOPPED,
-            ));
-        }
-        let n = match file.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok(Fingerprint {
-        content_hash: hasher.finalize().to_hex().to_string(),
-        size,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,23 +109,5 @@ mod tests {
         assert_eq!(format_utc_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_utc_ms(1_541_105_830_796), "2018-11-01T20:57:10.796Z");
         assert_eq!(format_utc_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn same_bytes_same_hash() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.csv");
-        let b = dir.path().join("b.csv");
-        std::fs::write(&a, b"x,y\n1,2\n").unwrap();
-        std::fs::write(&b, b"x,y\n1,2\n").unwrap();
-        assert_eq!(
-            fingerprint(&a, || false).unwrap(),
-            fingerprint(&b, || false).unwrap()
-        );
-        std::fs::write(&b, b"x,y\n1,3\n").unwrap();
-        assert_ne!(
-            fingerprint(&a, || false).unwrap(),
-            fingerprint(&b, || false).unwrap()
-        );
     }
 }

@@ -18,7 +18,8 @@
 //! - [`extract`]: one file, streamed record by record into song plays, skips and [`rejects`].
 //! - [`transform`]: mojibake repair; the three table rows of a play.
 //! - [`store`]: the [`store::Store`] with its two kinds, embedded and Cassandra.
-//! - [`ledger`]: which content has been loaded.
+//! - [`ledger`]: which content has been loaded, keyed by its [`identity`] (content hash and
+//!   size of exactly the bytes read).
 //! - [`daemon`]: `sparkify run` — lifecycle, signals, systemd, after-ingest actions.
 //! - [`query`]: the analysts' three questions.
 //! - [`config`], [`telemetry`], [`retry`], [`cli`]: settings, logs/metrics/health, backoff,
@@ -32,6 +33,7 @@ pub mod daemon;
 pub mod escape;
 pub mod extract;
 pub mod generate;
+pub mod identity;
 pub mod ledger;
 pub mod pipeline;
 pub mod query;

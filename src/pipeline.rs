@@ -514,8 +514,10 @@ impl ReaderContext {
         let fp = {
             let p = path.clone();
             let stop = self.shutdown.clone();
-            tokio::task::spawn_blocking(move || ledger::fingerprint(&p, || stop.is_cancelled()))
-                .await
+            tokio::task::spawn_blocking(move || {
+                crate::identity::fingerprint(&p, || stop.is_cancelled())
+            })
+            .await
         };
         let fp = match fp {
             Ok(Ok(fp)) => fp,
@@ -672,7 +674,7 @@ impl ReaderContext {
     async fn read_into_chunks(
         &self,
         path: &Path,
-        hashed: &ledger::Fingerprint,
+        hashed: &crate::identity::Fingerprint,
         state: &mut FileState,
         reading: &mut Reading<'_>,
     ) -> ReadEnd {

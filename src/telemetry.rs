@@ -22,28 +22,6 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TelemetrySettings};
 
-/// Parses a log filter as the logger uses it (`telemetry.log_level`). Stricter than
-/// `EnvFilter` alone, which takes a lone word such as `loud` as the name of a module to trace
-/// and so silences every other line: each comma-separated part must be a level (`off`,
-/// `error`, `warn`, `info`, `debug`, `trace`) or `target=level`.
-pub fn log_filter(spec: &str) -> Result<EnvFilter, String> {
-    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
-    let expected = "expected a level (off, error, warn, info, debug, trace) or a filter such \
-                    as warn,sparkify=debug";
-    if spec.trim().is_empty() {
-        return Err(format!("is empty; {expected}"));
-    }
-    for part in spec.split(',').map(str::trim) {
-        let is_level = LEVELS.iter().any(|l| part.eq_ignore_ascii_case(l));
-        if part.is_empty() || !(is_level || part.contains('=')) {
-            return Err(format!("is {spec:?}: {part:?} is not a level; {expected}"));
-        }
-    }
-    EnvFilter::builder()
-        .parse(spec)
-        .map_err(|e| format!("is {spec:?}: {e}; {expected}"))
-}
-
 /// Sets up logging to standard error. `RUST_LOG` wins over `telemetry.log_level`.
 pub fn init_logging(settings: &TelemetrySettings, daemon: bool) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
@@ -56,9 +34,11 @@ pub fn init_logging(settings: &TelemetrySettings, daemon: bool) -> anyhow::Resul
             }
             .into());
         }
-        _ => log_filter(&settings.log_level).map_err(|problem| crate::cli::Failure {
-            code: crate::cli::EXIT_CONFIG,
-            message: format!("configuration: `telemetry.log_level` {problem}"),
+        _ => crate::config::log_filter(&settings.log_level).map_err(|problem| {
+            crate::cli::Failure {
+                code: crate::cli::EXIT_CONFIG,
+                message: format!("configuration: `telemetry.log_level` {problem}"),
+            }
         })?,
     };
     let json = match settings.log_format {

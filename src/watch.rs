@@ -24,33 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{WatchMode, WatchSettings};
+use crate::extract::{is_ignored_name, warn_unreadable};
 use crate::pipeline::FileJob;
-
-/// Names producers use while a file is incomplete: `.name`, `name.tmp`, `name.part`, `name~`.
-/// Names are looked at as bytes: a name that is not valid UTF-8 is still a file to load.
-pub fn is_ignored_name(path: &Path) -> bool {
-    let Some(name) = path.file_name() else {
-        return true;
-    };
-    let name = name.as_encoded_bytes();
-    name.starts_with(b".")
-        || name.ends_with(b".tmp")
-        || name.ends_with(b".part")
-        || name.ends_with(b"~")
-}
-
-/// Logs, once per path, a folder or entry that a scan could not read: an input is never
-/// skipped silently.
-pub fn warn_unreadable(error: &walkdir::Error, warned: &std::sync::Mutex<HashSet<PathBuf>>) {
-    let path = error.path().map(Path::to_path_buf).unwrap_or_default();
-    let first = warned
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(path.clone());
-    if first {
-        tracing::warn!(path = %path.display(), error = %error, "Cannot read this part of the folder; files in it are not loaded");
-    }
-}
 
 /// A message from the rest of the daemon to the watcher.
 #[derive(Debug)]

@@ -49,28 +49,6 @@ use crate::extract::{ExtractCounts, SongPlay};
 use crate::ledger::{LedgerEntry, Status};
 use crate::retry::Backoff;
 
-/// Checks a consistency level name (`LOCAL_QUORUM`, `quorum`, `ONE`, ...).
-pub fn parse_consistency(name: &str) -> Result<scylla::statement::Consistency, String> {
-    use scylla::statement::Consistency as C;
-    Ok(match name.trim().to_ascii_uppercase().as_str() {
-        "ANY" => C::Any,
-        "ONE" => C::One,
-        "TWO" => C::Two,
-        "THREE" => C::Three,
-        "QUORUM" => C::Quorum,
-        "ALL" => C::All,
-        "LOCAL_QUORUM" => C::LocalQuorum,
-        "EACH_QUORUM" => C::EachQuorum,
-        "LOCAL_ONE" => C::LocalOne,
-        other => {
-            return Err(format!(
-                "is {other:?}; expected one of ONE, TWO, THREE, QUORUM, ALL, LOCAL_QUORUM, \
-                 EACH_QUORUM, LOCAL_ONE, ANY"
-            ));
-        }
-    })
-}
-
 /// A CQL string literal: quotes doubled, so a datacenter name cannot end the literal.
 fn cql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -697,7 +675,7 @@ impl CassandraStore {
                 settings.keyspace
             )));
         }
-        let consistency = parse_consistency(&settings.consistency)
+        let consistency = crate::config::parse_consistency(&settings.consistency)
             .map_err(|problem| StoreError::Rejected(format!("cassandra.consistency {problem}")))?;
         let password = password(settings)?;
         let tls = tls_config(&settings.tls)?;
