@@ -448,6 +448,7 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
         message: format!("cannot list the inputs: {e}"),
     })?;
     let store = open_store(settings).await?;
+    store.give_up_after(Duration::from_secs(settings.store.give_up_secs));
     let started = Instant::now();
     let total_bytes: u64 = files
         .iter()

@@ -129,11 +129,24 @@ choice! {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
     /// `embedded` (default) or `cassandra`.
     pub kind: StoreKind,
+    /// How long a one-shot command (`ingest`) keeps retrying writes that fail (a full disk, a
+    /// locked database, a cluster outage) before it gives up with exit 3. Three minutes ride
+    /// out a restarting node or an analyst's long transaction; the daemon never gives up.
+    pub give_up_secs: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Embedded,
+            give_up_secs: 180,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -527,6 +540,7 @@ impl Settings {
             &self.telemetry,
         );
         vec![
+            ("store.give_up_secs", self.store.give_up_secs),
             ("embedded.transaction_rows", e.transaction_rows as u64),
             ("embedded.busy_timeout_ms", e.busy_timeout_ms),
             ("cassandra.request_timeout_ms", c.request_timeout_ms),
@@ -759,6 +773,8 @@ fn resolved_path(path: &Path) -> PathBuf {
 /// defaults, but no value inside can overflow a duration, size an absurd allocation or make a
 /// zero-length timer. `config/default.toml` and the README list the same ranges.
 pub const BOUNDS: &[(&str, u64, u64)] = &[
+    // A one-shot command waits this long for a failing store at most: a day.
+    ("store.give_up_secs", 1, 86_400),
     // Plays one transaction holds in memory before it commits.
     ("embedded.transaction_rows", 1, 1_000_000),
     // SQLite takes the lock wait in milliseconds as a 32-bit number; an hour is plenty.

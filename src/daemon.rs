@@ -94,6 +94,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         metrics::counter!(name).increment(0);
     }
     metrics::gauge!("sparkify_store_requests_in_flight").set(0.0);
+    // Down until the store has answered, so an alert on it fires on a cold-start outage too.
+    metrics::gauge!("sparkify_store_up").set(0.0);
     tokio::pin!(shutdown);
     let store = tokio::select! {
         store = open_store_patiently(&settings, &health) => store?,

@@ -1,11 +1,12 @@
-//! The embedded store at its edges: a file that is not its own, a corrupt one, a read-only one.
-//! The real binary on the real sample.
+//! The embedded store at its edges: a file that is not its own, a corrupt one, a read-only one,
+//! and a full disk. The real binary on the real sample; full disks are real small `tmpfs`
+//! mounts, made in a private mount namespace (`unshare`), so no root or cleanup is needed.
 
 mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use util::*;
 
@@ -50,6 +51,104 @@ fn run_on(sb: &Sandbox, db: &Path, args: &[&str]) -> Output {
         .env("SPARKIFY_EMBEDDED__PATH", db)
         .output()
         .unwrap()
+}
+
+/// Waits for a child to exit, killing it (and failing) after `timeout`.
+fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return (child.wait_with_output().unwrap(), started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {timeout:?}\nstdout: {}\nstderr: {}",
+                stdout(&out),
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The same command, run in a mount namespace of its own where `dir` is a `tmpfs` of `kib`
+/// KiB; with `fill`, a file filling it is written first. The process keeps its PID, so
+/// [`in_namespace_of`] can reach the mount while it runs.
+fn on_small_disk(inner: Command, dir: &Path, kib: u32, fill: bool) -> Command {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={kib}k tmpfs \"$1\" || exit 97\n\
+         {}\n\
+         shift\n\
+         exec \"$@\"",
+        if fill {
+            "cat /dev/zero > \"$1/filler\" 2>/dev/null || true"
+        } else {
+            ""
+        }
+    );
+    let mut c = Command::new("unshare");
+    c.args([
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .arg(dir)
+    .arg(inner.get_program())
+    .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = inner.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+/// Runs a shell line in the mount namespace of process `pid` (absolute paths only).
+fn in_namespace_of(pid: u32, line: &str) {
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-U", "-m", "--", "sh", "-c", line])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nsenter {line:?}: {}", stderr(&out));
+}
+
+/// `GET path` on the daemon's endpoint: (status code, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of an unlabelled metric on the daemon's `/metrics` page.
+fn metric(addr: &str, name: &str) -> Option<f64> {
+    let (_, page) = get(addr, "/metrics");
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,4 +408,152 @@ fn a_missing_or_empty_file_is_created_as_sparkifys_and_an_older_unmarked_one_is_
         assert_eq!(pragma(&db, "user_version"), 1, "{case}");
         assert_tables_eq(&all_tables(&db), &want, case);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full disk.
+
+#[test]
+fn ingest_on_a_full_disk_gives_up_after_give_up_secs_with_exit_3() {
+    let sb = Sandbox::new();
+    let store = sb.join("store");
+    let mut inner = sb.cmd(&["ingest", sample_dir().to_str().unwrap()]);
+    inner
+        .env("SPARKIFY_EMBEDDED__PATH", store.join("sparkify.db"))
+        .env("SPARKIFY_STORE__GIVE_UP_SECS", "2");
+    // Room for the new database's tables, not for the sample's rows.
+    let child = on_small_disk(inner, &store, 512, false)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, took) = wait_with_timeout(child, LONG);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 3, "{err}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(
+        err.contains("Write to the embedded store failed; retrying")
+            && err.contains("the disk is full (database or disk is full)"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .starts_with("sparkify: error: cannot use the store (embedded ")
+            && err.contains(
+                "the disk is full (database or disk is full); gave up after 2 s of retrying \
+             (store.give_up_secs)"
+            ),
+        "{err}"
+    );
+    // Every file is accounted for, and none as failed: the data was not at fault.
+    let summary = stdout(&out);
+    let files = summary.lines().next().unwrap();
+    let count = |what: &str| -> u64 {
+        files
+            .split(", ")
+            .find_map(|p| p.trim_start_matches("files").trim().strip_suffix(what))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    assert_eq!(count("failed"), 0, "{files}");
+    assert!(count("abandoned") >= 1, "{files}");
+    assert_eq!(count("loaded") + count("abandoned"), 30, "{files}");
+}
+
+/// `sparkify run` on a small disk at `<sandbox>/store`, the endpoint on a free port.
+fn daemon_on_small_disk(sb: &Sandbox, fill: bool) -> (Daemon, String) {
+    let store = sb.join("store");
+    let mut inner = sb.cmd(&["run"]);
+    inner
+        .env("SPARKIFY_TELEMETRY__LOG_FORMAT", "json")
+        .env("SPARKIFY_TELEMETRY__HTTP_ADDR", "127.0.0.1:0")
+        .env("SPARKIFY_WATCH__DIR", sb.join("event_data"))
+        .env("SPARKIFY_EMBEDDED__PATH", store.join("sparkify.db"));
+    for (k, v) in DAEMON_ENV {
+        inner.env(k, v);
+    }
+    let d = Daemon::spawn(on_small_disk(inner, &store, 4096, fill));
+    let addr = d.http_addr();
+    (d, addr)
+}
+
+#[test]
+fn sparkify_store_up_is_0_from_start_up_when_the_store_cannot_be_opened() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.join("event_data")).unwrap();
+    let (d, addr) = daemon_on_small_disk(&sb, true);
+    wait_until("a failed open", LONG, || {
+        !d.messages("Store unreachable; retrying").is_empty()
+    });
+    assert_eq!(metric(&addr, "sparkify_store_up"), Some(0.0));
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the disk is full"), "{body}");
+    let said = format!("{:?}", d.messages("Store unreachable; retrying"));
+    assert!(said.contains("the disk is full"), "{said}");
+
+    // Space comes back: the store opens, the gauge says so.
+    in_namespace_of(
+        d.pid(),
+        &format!("rm {}", sb.join("store/filler").display()),
+    );
+    wait_until("ready", LONG, || get(&addr, "/readyz").0 == 200);
+    assert_eq!(metric(&addr, "sparkify_store_up"), Some(1.0));
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn a_daemon_whose_writes_fail_on_a_full_disk_is_not_ready_and_resumes_when_space_returns() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.join("event_data")).unwrap();
+    let (d, addr) = daemon_on_small_disk(&sb, false);
+    d.wait_for_message("Watching folder", LONG);
+    wait_until("ready", LONG, || get(&addr, "/readyz").0 == 200);
+    assert_eq!(metric(&addr, "sparkify_store_up"), Some(1.0));
+
+    let filler = sb.join("store/filler");
+    in_namespace_of(
+        d.pid(),
+        &format!("cat /dev/zero > {} 2>/dev/null || true", filler.display()),
+    );
+    let name = "2018-11-05-events.csv";
+    drop_by_rename(
+        &sb.join("event_data").join(name),
+        &std::fs::read(sample_file(name)).unwrap(),
+    );
+    wait_until("a failed write", LONG, || {
+        !d.messages("Write to the embedded store failed; retrying")
+            .is_empty()
+    });
+    // Reads still answer, but the store is not usable: not ready, and the gauge says down.
+    wait_until("not ready", LONG, || get(&addr, "/readyz").0 == 503);
+    let (_, body) = get(&addr, "/readyz");
+    assert!(body.contains("the disk is full"), "{body}");
+    assert_eq!(metric(&addr, "sparkify_store_up"), Some(0.0));
+    assert_eq!(get(&addr, "/healthz").0, 200, "alive all the same");
+    assert!(d.messages("Loaded file").is_empty());
+
+    in_namespace_of(d.pid(), &format!("rm {}", filler.display()));
+    d.wait_for_message("Loaded file", LONG);
+    wait_until("ready again", LONG, || get(&addr, "/readyz").0 == 200);
+    assert_eq!(metric(&addr, "sparkify_store_up"), Some(1.0));
+
+    // The tables are what one clean load of the file gives.
+    let out_dir = sb.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    in_namespace_of(
+        d.pid(),
+        &format!(
+            "cp {}/sparkify.db* {}/",
+            sb.join("store").display(),
+            out_dir.display()
+        ),
+    );
+    assert_tables_eq(
+        &all_tables(&out_dir.join("sparkify.db")),
+        &clean_run_tables(&sample_file(name)),
+        "after the disk filled and emptied",
+    );
+    assert_eq!(d.stop(), 0);
 }

@@ -856,6 +856,7 @@ impl CassandraStore {
             Duration::from_millis(self.settings.retry_max_ms),
         );
         loop {
+            self.health.check()?;
             let result = {
                 let _permit = self
                     .permits
@@ -868,16 +869,24 @@ impl CassandraStore {
                 self.send(plays, request).await
             };
             let error = match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.succeeded();
+                    return Ok(());
+                }
                 Err(e) => e,
             };
+            let table = TABLES[request.table as usize];
             let cause = match classify(&error) {
                 Failure::Transient(cause) => cause,
                 failure => {
-                    let table = TABLES[request.table as usize];
                     return Err(store_error(failure, &format!("writing to {table}"), &error));
                 }
             };
+            self.health.failed(&store_error(
+                Failure::Transient(cause),
+                &format!("writing to {table}"),
+                &error,
+            ))?;
             if cancel.is_cancelled() {
                 return Err(StoreError::Abandoned);
             }
@@ -1128,6 +1137,9 @@ impl CassandraStore {
 
     /// One cheap request that any node answers from its own system tables.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(problem) = self.health.problem() {
+            return Err(StoreError::Unavailable(problem));
+        }
         self.session
             .query_unpaged("SELECT release_version FROM system.local", ())
             .await

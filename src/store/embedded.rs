@@ -717,13 +717,16 @@ impl EmbeddedStore {
         .await
     }
 
-    /// The file is still the one opened, and it answers a query.
+    /// The file is still the one opened, its writes are not failing, and it answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
         if file_identity(&self.path) != self.identity {
             return Err(StoreError::Unavailable(format!(
                 "{} was removed or replaced since it was opened",
                 self.path.display()
             )));
+        }
+        if let Some(problem) = self.health.problem() {
+            return Err(StoreError::Unavailable(problem));
         }
         self.read(|c| {
             c.query_row(&format!("SELECT count(*) FROM {LEDGER_TABLE}"), [], |_| {

@@ -243,6 +243,11 @@ impl Daemon {
         for (k, v) in DAEMON_ENV.iter().chain(env) {
             cmd.env(k, v);
         }
+        Daemon::spawn(cmd)
+    }
+
+    /// Starts a daemon from a prepared command (for wrappers such as `unshare`).
+    pub fn spawn(mut cmd: Command) -> Daemon {
         cmd.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("sparkify run starts");
