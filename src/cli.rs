@@ -24,14 +24,8 @@ use crate::query::{self, Format};
 use crate::store::{Store, StoreError};
 use crate::transform::Transform;
 
-/// Exit code: the data had problems.
-pub const EXIT_DATA: u8 = 1;
-/// Exit code: bad usage or configuration.
-pub const EXIT_CONFIG: u8 = 2;
-/// Exit code: the store could not be used.
-pub const EXIT_STORE: u8 = 3;
-/// Exit code: interrupted.
-pub const EXIT_INTERRUPTED: u8 = 130;
+pub use crate::exit::{EXIT_CONFIG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_STORE, Failure};
+pub use crate::shutdown::interrupted;
 
 const AFTER_HELP: &str = "\
 Settings come from, lowest first: built-in defaults, config/default.toml (when present in the
@@ -195,14 +189,6 @@ pub enum ConfigCommand {
     Show,
 }
 
-/// A failure that carries its exit code.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub code: u8,
-    pub message: String,
-}
-
 fn exit_code_of(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
@@ -330,24 +316,6 @@ async fn open_store_read_only(settings: &Settings) -> anyhow::Result<Store> {
     Store::open_read_only(settings)
         .await
         .context("cannot open the store")
-}
-
-/// Resolves once SIGINT or SIGTERM arrives.
-pub async fn interrupted() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("can install a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 /// Totals over a run of files.

@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{EXIT_INTERRUPTED, Failure};
 use crate::config::{AfterIngest, Settings};
+use crate::exit::{EXIT_INTERRUPTED, Failure};
 use crate::pipeline::{self, FileReport, Outcome, PipelineOptions};
 use crate::retry::Backoff;
 use crate::store::Store;
@@ -27,11 +27,11 @@ pub async fn main(settings: Settings) -> anyhow::Result<u8> {
     let signals = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            crate::cli::interrupted().await;
+            crate::shutdown::interrupted().await;
             tracing::info!("Shutting down: no new files; finishing in-flight writes");
             notify_systemd(&[sd_notify::NotifyState::Stopping]);
             shutdown.cancel();
-            crate::cli::interrupted().await;
+            crate::shutdown::interrupted().await;
             tracing::warn!("Second signal: exiting at once");
             std::process::exit(EXIT_INTERRUPTED as i32);
         })
@@ -234,7 +234,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     tracing::info!("Stopped");
     if let Some(e) = store.fatal() {
         return Err(Failure {
-            code: crate::cli::EXIT_STORE,
+            code: crate::exit::EXIT_STORE,
             message: format!("cannot use the store: {e}"),
         }
         .into());
@@ -261,7 +261,7 @@ async fn open_store_patiently(settings: &Settings, health: &Health) -> anyhow::R
             }
             Err(e) => {
                 return Err(Failure {
-                    code: crate::cli::EXIT_STORE,
+                    code: crate::exit::EXIT_STORE,
                     message: format!("cannot use the store: {e}"),
                 }
                 .into());

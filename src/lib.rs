@@ -26,11 +26,13 @@
 //!   and the command line.
 //! - [`generate`]: synthetic event files for load tests.
 //! - [`escape`]: how text from input files is shown (control characters escaped).
+//! - [`exit`], [`shutdown`]: exit codes and the error carrying one; the signals that stop a run.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod escape;
+pub mod exit;
 pub mod extract;
 pub mod generate;
 pub mod identity;
@@ -39,6 +41,7 @@ pub mod pipeline;
 pub mod query;
 pub mod rejects;
 pub mod retry;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod transform;

@@ -28,15 +28,15 @@ pub fn init_logging(settings: &TelemetrySettings, daemon: bool) -> anyhow::Resul
         Ok(v) if !v.is_empty() => EnvFilter::try_new(&v)
             .map_err(|e| anyhow::anyhow!("RUST_LOG={v:?} is not a valid log filter: {e}"))?,
         Err(std::env::VarError::NotUnicode(v)) => {
-            return Err(crate::cli::Failure {
-                code: crate::cli::EXIT_CONFIG,
+            return Err(crate::exit::Failure {
+                code: crate::exit::EXIT_CONFIG,
                 message: format!("RUST_LOG={v:?} is not valid UTF-8"),
             }
             .into());
         }
         _ => crate::config::log_filter(&settings.log_level).map_err(|problem| {
-            crate::cli::Failure {
-                code: crate::cli::EXIT_CONFIG,
+            crate::exit::Failure {
+                code: crate::exit::EXIT_CONFIG,
                 message: format!("configuration: `telemetry.log_level` {problem}"),
             }
         })?,
