@@ -461,24 +461,6 @@ fn files_whose_names_are_not_utf8_are_loaded() {
     assert_eq!(table_rows(&sb.db(), "song_plays_by_session").len(), 356);
 }
 
-fn http_get(addr: &str, path: &str) -> u16 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return 0;
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_deleted_watched_folder_is_reported_and_watched_again_when_back() {
     let sb = Sandbox::new();
@@ -492,18 +474,18 @@ fn a_deleted_watched_folder_is_reported_and_watched_again_when_back() {
     );
     let addr = d.http_addr();
     d.wait_for_message("Watching folder", LONG);
-    wait_until("ready", LONG, || http_get(&addr, "/readyz") == 200);
+    wait_until("ready", LONG, || http_get(&addr, "/readyz").0 == 200);
 
     std::fs::remove_dir_all(sb.join("event_data")).unwrap();
     d.wait_for_message(
         "The watched folder is gone; not ready until it is back",
         LONG,
     );
-    wait_until("not ready", LONG, || http_get(&addr, "/readyz") == 503);
+    wait_until("not ready", LONG, || http_get(&addr, "/readyz").0 == 503);
 
     std::fs::create_dir_all(sb.join("event_data")).unwrap();
     d.wait_for_message("The watched folder is back; watching it again", LONG);
-    wait_until("ready again", LONG, || http_get(&addr, "/readyz") == 200);
+    wait_until("ready again", LONG, || http_get(&addr, "/readyz").0 == 200);
     drop_by_rename(
         &sb.join("event_data/2018-11-05-events.csv"),
         &sample_file("2018-11-05-events.csv"),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use util::http_get as get;
 use util::*;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -121,26 +122,6 @@ fn in_namespace_of(pid: u32, line: &str) {
         .output()
         .unwrap();
     assert!(out.status.success(), "nsenter {line:?}: {}", stderr(&out));
-}
-
-/// `GET path` on the daemon's endpoint: (status code, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// The value of an unlabelled metric on the daemon's `/metrics` page.
