@@ -303,6 +303,10 @@ pub struct ExtractSettings {
     pub max_record_bytes: usize,
     /// Read buffer per open file. Large buffers let the CSV parser run at full speed.
     pub read_buffer_bytes: usize,
+    /// A record with more fields than this is rejected, and a header with more columns fails
+    /// its file. Real files have 17 columns; each field costs 8 bytes of bookkeeping beside its
+    /// text, so this bounds what a row of nothing but commas can take.
+    pub max_fields: usize,
 }
 
 impl Default for ExtractSettings {
@@ -310,6 +314,7 @@ impl Default for ExtractSettings {
         Self {
             max_record_bytes: 64 * 1024,
             read_buffer_bytes: 256 * 1024,
+            max_fields: 1_000,
         }
     }
 }
@@ -555,6 +560,7 @@ impl Settings {
             ("cassandra.retry_max_ms", c.retry_max_ms),
             ("extract.max_record_bytes", x.max_record_bytes as u64),
             ("extract.read_buffer_bytes", x.read_buffer_bytes as u64),
+            ("extract.max_fields", x.max_fields as u64),
             ("pipeline.readers", p.readers as u64),
             ("pipeline.writers", p.writers as u64),
             ("pipeline.chunk_rows", p.chunk_rows as u64),
@@ -792,6 +798,8 @@ pub const BOUNDS: &[(&str, u64, u64)] = &[
     // 64 MiB: each reader may buffer this much.
     ("extract.max_record_bytes", 256, 67_108_864),
     ("extract.read_buffer_bytes", 4_096, 67_108_864),
+    // At least the required columns; at most 800 KB of field bookkeeping per record.
+    ("extract.max_fields", 8, 100_000),
     // Each reader is a thread with its own buffers.
     ("pipeline.readers", 1, 64),
     ("pipeline.writers", 1, 64),

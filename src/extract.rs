@@ -50,6 +50,22 @@ pub struct SongPlay {
     pub profile: Option<Box<Profile>>,
 }
 
+impl SongPlay {
+    /// Bytes the play takes in memory, its text included: what chunks and write groups are
+    /// bounded by besides their number of plays.
+    pub fn memory_bytes(&self) -> usize {
+        let profile = self.profile.as_ref().map_or(0, |p| {
+            std::mem::size_of::<Profile>() + p.gender.len() + p.level.len() + p.location.len()
+        });
+        std::mem::size_of::<SongPlay>()
+            + self.artist.len()
+            + self.song.len()
+            + self.first_name.len()
+            + self.last_name.len()
+            + profile
+    }
+}
+
 /// Columns kept only for the combined CSV.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
@@ -116,6 +132,15 @@ pub enum FileError {
         /// What the file most likely is when it is not CSV text at all.
         hint: Option<&'static str>,
     },
+    /// The header has more columns than any record may have fields.
+    #[error(
+        "{path}: line 1: the header has {columns} columns; the bound is {bound} (extract.max_fields)"
+    )]
+    TooManyColumns {
+        path: PathBuf,
+        columns: usize,
+        bound: usize,
+    },
     /// The header line is longer than any record may be.
     #[error(
         "{path}: line 1: the header is over {bound} bytes long (extract.max_record_bytes); it starts: {start}{}",
@@ -137,9 +162,20 @@ fn hint_suffix(hint: &Option<&'static str>) -> String {
 /// Longest part of a header quoted back in a message, in characters.
 const SHOWN_HEADER_CHARS: usize = 200;
 
-/// The start of a raw header, escaped and shortened, for a message.
-fn shown_header(raw: &[u8]) -> String {
-    shown_within(raw, SHOWN_HEADER_CHARS)
+/// The start of a header as the file has it (fields joined by commas), escaped and
+/// shortened, for a message.
+fn shown_header(header: &ByteRecord) -> String {
+    let mut raw = Vec::new();
+    for (i, f) in header.iter().enumerate() {
+        if i > 0 {
+            raw.push(b',');
+        }
+        raw.extend_from_slice(f);
+        if raw.len() > SHOWN_HEADER_CHARS * 4 {
+            break;
+        }
+    }
+    shown_within(&raw, SHOWN_HEADER_CHARS)
 }
 
 /// Bytes from a file as quoted back in a message: escaped (see `escape`), at most `max_chars`
@@ -216,6 +252,8 @@ pub struct ExtractOptions {
     pub max_record_bytes: usize,
     /// Parser buffer size.
     pub read_buffer_bytes: usize,
+    /// Records with more fields than this are rejected; headers with more columns fail.
+    pub max_fields: usize,
     /// Also keep gender, level and location.
     pub keep_profile: bool,
 }
@@ -226,6 +264,7 @@ impl Default for ExtractOptions {
         Self {
             max_record_bytes: d.max_record_bytes,
             read_buffer_bytes: d.read_buffer_bytes,
+            max_fields: d.max_fields,
             keep_profile: false,
         }
     }
@@ -236,6 +275,7 @@ impl From<&crate::config::ExtractSettings> for ExtractOptions {
         Self {
             max_record_bytes: s.max_record_bytes,
             read_buffer_bytes: s.read_buffer_bytes,
+            max_fields: s.max_fields,
             keep_profile: false,
         }
     }
@@ -268,7 +308,18 @@ fn normalize_header(field: &[u8]) -> String {
 }
 
 impl Columns {
-    fn from_header(path: &Path, header: &ByteRecord) -> Result<Columns, FileError> {
+    fn from_header(
+        path: &Path,
+        header: &ByteRecord,
+        max_fields: usize,
+    ) -> Result<Columns, FileError> {
+        if header.len() > max_fields {
+            return Err(FileError::TooManyColumns {
+                path: path.to_path_buf(),
+                columns: header.len(),
+                bound: max_fields,
+            });
+        }
         let names: Vec<String> = header
             .iter()
             .map(|f| {
@@ -289,21 +340,10 @@ impl Columns {
             .map(|c| c.to_string())
             .collect();
         if !missing.is_empty() {
-            // The fields as the file has them, comma-separated, for the message.
-            let mut raw = Vec::new();
-            for (i, f) in header.iter().enumerate() {
-                if i > 0 {
-                    raw.push(b',');
-                }
-                raw.extend_from_slice(f);
-                if raw.len() > SHOWN_HEADER_CHARS * 4 {
-                    break;
-                }
-            }
             return Err(FileError::MissingColumns {
                 path: path.to_path_buf(),
                 missing,
-                found: shown_header(&raw),
+                found: shown_header(header),
                 hint: crate::escape::likely_binary(header.as_slice()),
             });
         }
@@ -498,9 +538,28 @@ impl AsyncRead for BlockingFile {
 const BATCH_RECORDS: usize = 256;
 /// Batches parsed ahead of the reader at most, per open file.
 const BATCHES_AHEAD: usize = 2;
-/// A batch whose largest record is bigger than this is not reused, so that one file of huge
-/// records does not leave every reused record holding a huge buffer.
-const REUSE_RECORD_BYTES: usize = 16 * 1024;
+/// A batch whose largest record costs more than this (see [`record_cost`]) is not reused, so
+/// that one file of huge records does not leave every reused record holding a huge buffer: a
+/// reused batch keeps at most `BATCH_RECORDS × REUSE_RECORD_BYTES` (1 MiB).
+const REUSE_RECORD_BYTES: usize = 4 * 1024;
+
+/// What a parsed record takes in memory: its field bytes and 8 bytes of bounds per field. A
+/// row of nothing but commas has no field bytes at all, yet costs 8 bytes per comma.
+fn record_cost(record: &ByteRecord) -> usize {
+    record.as_slice().len() + record.len() * std::mem::size_of::<usize>()
+}
+
+/// Replaces a record that has more than `n` fields by one of its first `n` (the line kept), so
+/// that a batch never holds more than `n` fields of bookkeeping per record.
+fn keep_first_fields(record: &mut ByteRecord, n: usize) {
+    let end = record.range(n - 1).map_or(0, |r| r.end);
+    let mut short = ByteRecord::with_capacity(end, n);
+    for f in record.iter().take(n) {
+        short.push_field(f);
+    }
+    short.set_position(record.position().cloned());
+    *record = short;
+}
 
 /// Records parsed together by the parsing thread. Batches go back to it once read, so their
 /// records' buffers are reused instead of allocated for every record.
@@ -511,7 +570,10 @@ struct Batch {
     len: usize,
     /// Whether the guard shortened each record in use.
     truncated: Vec<bool>,
-    /// Field bytes of the largest record in use.
+    /// For each record in use that had more than `max_fields` fields (and now has only the
+    /// first ones), how many it had; 0 for the others.
+    cut_from: Vec<usize>,
+    /// Cost ([`record_cost`]) of the largest record in use.
     largest: usize,
 }
 
@@ -565,11 +627,11 @@ async fn open_parser(
         return Err(FileError::HeaderTooLong {
             path: path.to_path_buf(),
             bound: options.max_record_bytes,
-            start: shown_header(header.as_slice()),
+            start: shown_header(&header),
             hint: crate::escape::likely_binary(header.as_slice()),
         });
     }
-    let columns = Columns::from_header(path, &header)?;
+    let columns = Columns::from_header(path, &header, options.max_fields)?;
     guard
         .boundary
         .store(csv.position().byte(), Ordering::Relaxed);
@@ -584,6 +646,7 @@ async fn parse_records(
     mut csv: Parser,
     guard: Arc<GuardState>,
     batch_bytes: usize,
+    max_fields: usize,
     batches: tokio::sync::mpsc::Sender<io::Result<Batch>>,
     mut reused: tokio::sync::mpsc::UnboundedReceiver<Batch>,
 ) {
@@ -592,10 +655,12 @@ async fn parse_records(
         batch.len = 0;
         batch.largest = 0;
         batch.truncated.clear();
+        batch.cut_from.clear();
         let mut bytes = 0;
         let mut end = None;
-        // A batch ends after BATCH_RECORDS records or about one read buffer of field bytes,
-        // whichever comes first, so memory stays bounded whatever the records look like.
+        // A batch ends after BATCH_RECORDS records or once its records cost about one read
+        // buffer, whichever comes first, so memory stays bounded whatever the records look
+        // like: a record over max_fields is cut to its first fields as soon as it is parsed.
         while batch.len < BATCH_RECORDS && bytes < batch_bytes {
             if batch.records.len() == batch.len {
                 batch.records.push(ByteRecord::new());
@@ -603,7 +668,14 @@ async fn parse_records(
             let record = &mut batch.records[batch.len];
             match csv.read_byte_record(record).await {
                 Ok(true) => {
-                    let size = record.as_slice().len();
+                    let fields = record.len();
+                    let cut_from = if fields > max_fields {
+                        keep_first_fields(record, max_fields);
+                        fields
+                    } else {
+                        0
+                    };
+                    let size = record_cost(record);
                     bytes += size;
                     batch.largest = batch.largest.max(size);
                     // The guard sets the flag from inside this thread's reads, so a plain load
@@ -616,6 +688,7 @@ async fn parse_records(
                         .boundary
                         .store(csv.position().byte(), Ordering::Relaxed);
                     batch.truncated.push(truncated);
+                    batch.cut_from.push(cut_from);
                     batch.len += 1;
                 }
                 Ok(false) => {
@@ -691,7 +764,8 @@ impl PlayReader {
                     }
                 };
                 let batch_bytes = thread_options.read_buffer_bytes.max(4096);
-                parse_records(csv, thread_guard, batch_bytes, batch_tx, reused).await;
+                let max_fields = thread_options.max_fields.max(1);
+                parse_records(csv, thread_guard, batch_bytes, max_fields, batch_tx, reused).await;
             })
         });
         let columns = opened.await.unwrap_or_else(|_| {
@@ -760,12 +834,13 @@ impl PlayReader {
             }
             let record = &self.batch.records[self.at];
             let truncated = self.batch.truncated[self.at];
+            let cut_from = self.batch.cut_from[self.at];
             self.at += 1;
             if is_blank_line(record) {
                 continue;
             }
             self.counts.rows += 1;
-            match classify(record, &self.columns, &self.options, truncated) {
+            match classify(record, &self.columns, &self.options, truncated, cut_from) {
                 Verdict::Skip => self.counts.skipped += 1,
                 Verdict::Play(play) => {
                     self.counts.plays += 1;
@@ -859,6 +934,7 @@ fn classify(
     cols: &Columns,
     options: &ExtractOptions,
     truncated: bool,
+    cut_from: usize,
 ) -> Verdict {
     let size = record.as_slice().len();
     if truncated || size > options.max_record_bytes {
@@ -869,6 +945,18 @@ fn classify(
                 "record is {}{size} bytes long; the bound is {} bytes (extract.max_record_bytes)",
                 if truncated { "over " } else { "" },
                 options.max_record_bytes
+            ),
+        };
+    }
+    if cut_from > 0 {
+        return Verdict::Reject {
+            column: String::new(),
+            value: String::new(),
+            reason: format!(
+                "has {cut_from} fields; the bound is {} (extract.max_fields) and the header has {}; the rejects file keeps the first {}",
+                options.max_fields,
+                cols.names.len(),
+                record.len()
             ),
         };
     }
@@ -1101,6 +1189,7 @@ mod tests {
         let options = ExtractOptions {
             max_record_bytes: 1024,
             read_buffer_bytes: 4096,
+            max_fields: 1000,
             keep_profile: false,
         };
         let huge = "x".repeat(200_000);
@@ -1121,6 +1210,7 @@ mod tests {
         let options = ExtractOptions {
             max_record_bytes: 1024,
             read_buffer_bytes: 4096,
+            max_fields: 1000,
             keep_profile: false,
         };
         // Longer than the bound, and (with no line break at all) than the guard lets through.

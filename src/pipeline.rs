@@ -217,10 +217,24 @@ const GROUP_LINGER: Duration = Duration::from_millis(5);
 /// Most rejects kept in a [`FileReport`].
 const SAMPLE_REJECTS: usize = 5;
 
+/// Memory allowed per play in a chunk or a write group, on average, besides their row counts:
+/// real plays take 150-250 bytes with their text, so only plays of unusually long values reach
+/// it, and a chunk of them is sent (a group written) early rather than growing with the text.
+pub const PLAY_BYTES: usize = 512;
+
+/// Chunks one write group gathers at most, whatever their size: every chunk of a group is a
+/// file (or part of one) waiting for its acknowledgement, so tiny files cannot pile up by the
+/// ten thousand in one group.
+pub fn max_group_chunks(group_rows: usize, chunk_rows: usize) -> usize {
+    (4 * group_rows.div_ceil(chunk_rows.max(1))).max(256)
+}
+
 type Ack = mpsc::UnboundedSender<Result<(), StoreError>>;
 
 struct Chunk {
     plays: Vec<SongPlay>,
+    /// [`SongPlay::memory_bytes`] of the plays.
+    bytes: usize,
     ack: Ack,
 }
 
@@ -238,10 +252,15 @@ struct ChunkPool {
     keep: usize,
 }
 
+/// Capacity a new chunk buffer starts with; it grows as plays come. A file of a few plays
+/// never holds a buffer of `chunk_rows` (20,000 five-row files, each holding one in a write
+/// group, took 188 MiB).
+const FIRST_CHUNK_CAPACITY: usize = 64;
+
 impl ChunkPool {
     fn take(&self) -> Vec<SongPlay> {
         let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        reused.unwrap_or_else(|| Vec::with_capacity(self.rows))
+        reused.unwrap_or_else(|| Vec::with_capacity(self.rows.min(FIRST_CHUNK_CAPACITY)))
     }
 
     fn give(&self, mut buffer: Vec<SongPlay>) {
@@ -281,7 +300,11 @@ pub async fn run(
         writers.spawn(writer(
             store.clone(),
             chunk_rx.clone(),
-            options.group_rows,
+            GroupBounds {
+                rows: options.group_rows,
+                bytes: options.group_rows.saturating_mul(PLAY_BYTES),
+                chunks: max_group_chunks(options.group_rows, options.chunk_rows),
+            },
             pool.clone(),
             reading.clone(),
             shutdown.clone(),
@@ -363,10 +386,18 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "(no message)".to_string())
 }
 
+/// What one write group holds at most (the first chunk is always taken).
+#[derive(Clone, Copy)]
+struct GroupBounds {
+    rows: usize,
+    bytes: usize,
+    chunks: usize,
+}
+
 async fn writer(
     store: Store,
     chunks: Arc<Mutex<mpsc::Receiver<Chunk>>>,
-    group_rows: usize,
+    bounds: GroupBounds,
     pool: Arc<ChunkPool>,
     reading: Arc<AtomicUsize>,
     shutdown: CancellationToken,
@@ -378,8 +409,9 @@ async fn writer(
             let mut rx = chunks.lock().await;
             let Some(first) = rx.recv().await else { break };
             let mut rows = first.plays.len();
+            let mut bytes = first.bytes;
             let mut group = vec![first];
-            while rows < group_rows {
+            while rows < bounds.rows && bytes < bounds.bytes && group.len() < bounds.chunks {
                 let next = match rx.try_recv() {
                     Ok(c) => Some(c),
                     // The queue holds fewer plays than a group (chunk_queue x chunk_rows is
@@ -402,6 +434,7 @@ async fn writer(
                 };
                 let Some(c) = next else { break };
                 rows += c.plays.len();
+                bytes += c.bytes;
                 group.push(c);
             }
             group
@@ -689,6 +722,8 @@ impl ReaderContext {
             reader.header(),
         );
         let mut chunk: Vec<SongPlay> = self.pool.take();
+        let mut chunk_bytes = 0usize;
+        let max_chunk_bytes = opts.chunk_rows.saturating_mul(PLAY_BYTES);
         let mut last_bytes = 0u64;
         let end = loop {
             let item = match reader.next().await {
@@ -699,10 +734,12 @@ impl ReaderContext {
             match item {
                 Item::Play(mut play) => {
                     state.report.repaired += opts.transform.apply(&mut play);
+                    chunk_bytes += play.memory_bytes();
                     chunk.push(play);
-                    if chunk.len() >= opts.chunk_rows {
+                    if chunk.len() >= opts.chunk_rows || chunk_bytes >= max_chunk_bytes {
                         let full = std::mem::replace(&mut chunk, self.pool.take());
-                        if !self.send_chunk(full, state).await {
+                        let bytes = std::mem::take(&mut chunk_bytes);
+                        if !self.send_chunk(full, bytes, state).await {
                             break ReadEnd::Abandoned;
                         }
                         if let Some(counter) = &opts.bytes_read {
@@ -718,6 +755,10 @@ impl ReaderContext {
                         break ReadEnd::Unreadable(format!("cannot write the rejects file: {e}"));
                     }
                     if state.report.sample_rejects.len() < SAMPLE_REJECTS {
+                        // The report shows line, column, value and reason; the fields (up to
+                        // extract.max_fields of them) are in the rejects file.
+                        let mut reject = reject;
+                        reject.fields = Vec::new();
                         state.report.sample_rejects.push(reject);
                     }
                 }
@@ -731,7 +772,9 @@ impl ReaderContext {
         };
         // Before the last chunk goes, so that a writer does not linger for more of this file.
         reading.stop();
-        if matches!(end, ReadEnd::Done) && !chunk.is_empty() && !self.send_chunk(chunk, state).await
+        if matches!(end, ReadEnd::Done)
+            && !chunk.is_empty()
+            && !self.send_chunk(chunk, chunk_bytes, state).await
         {
             return ReadEnd::Abandoned;
         }
@@ -752,12 +795,13 @@ impl ReaderContext {
     }
 
     /// Queues one chunk; false if shutdown came first.
-    async fn send_chunk(&self, plays: Vec<SongPlay>, state: &mut FileState) -> bool {
+    async fn send_chunk(&self, plays: Vec<SongPlay>, bytes: usize, state: &mut FileState) -> bool {
         if self.shutdown.is_cancelled() {
             return false;
         }
         let chunk = Chunk {
             plays,
+            bytes,
             ack: state.ack.clone(),
         };
         tokio::select! {

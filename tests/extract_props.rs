@@ -37,6 +37,7 @@ fn small_options() -> ExtractOptions {
     ExtractOptions {
         max_record_bytes: 256,
         read_buffer_bytes: 4096,
+        max_fields: 1000,
         keep_profile: true,
     }
 }
