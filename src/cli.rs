@@ -27,6 +27,43 @@ use crate::transform::Transform;
 pub use crate::exit::{EXIT_CONFIG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_STORE, Failure};
 pub use crate::shutdown::interrupted;
 
+/// Writes to standard output through a handle, so that a reader that went away
+/// (`sparkify query … | head -1`) is an error ([`is_closed_output`]) rather than a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Writes a line to standard error; a closed standard error loses the line, nothing more.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        write_stderr(format_args!($($arg)*))
+    };
+}
+
+fn write_stdout(args: std::fmt::Arguments) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args)?;
+    stdout.flush()
+}
+
+fn write_stderr(args: std::fmt::Arguments) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_fmt(args).and_then(|_| stderr.write_all(b"\n"));
+}
+
+/// The error is standard output closed by its reader (`| head`): the command ends quietly.
+pub fn is_closed_output(e: &anyhow::Error) -> bool {
+    let broken = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(broken)
+            || cause
+                .downcast_ref::<csv::Error>()
+                .is_some_and(|c| matches!(c.kind(), csv::ErrorKind::Io(io) if broken(io)))
+    })
+}
+
 const AFTER_HELP: &str = "\
 Settings come from, lowest first: built-in defaults, config/default.toml (when present in the
 working directory), --config FILE, environment variables SPARKIFY_<SECTION>__<KEY> (for example
@@ -209,8 +246,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // The reader of standard output has what it wanted; nothing went wrong here.
+        Err(e) if is_closed_output(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sparkify: error: {e:#}");
+            note!("sparkify: error: {e:#}");
             ExitCode::from(exit_code_of(&e))
         }
     }
@@ -233,13 +272,13 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
         .take()
         .unwrap_or(Command::Run(RunArgs { dir: None }));
     if let Command::Config(cmd) = &command {
-        return Ok(config_command(cmd, &cli, &settings));
+        return config_command(cmd, &cli, &settings);
     }
     if let Command::Schema = &command {
-        print!(
+        out!(
             "{}",
             crate::store::cassandra::schema_script(&settings.cassandra)
-        );
+        )?;
         return Ok(0);
     }
     if let Command::Generate(args) = &command {
@@ -274,7 +313,7 @@ pub fn run(mut cli: Cli) -> anyhow::Result<u8> {
     })
 }
 
-fn config_command(cmd: &ConfigCommand, cli: &Cli, settings: &Settings) -> u8 {
+fn config_command(cmd: &ConfigCommand, cli: &Cli, settings: &Settings) -> anyhow::Result<u8> {
     match cmd {
         ConfigCommand::Check => {
             let source = cli
@@ -289,20 +328,20 @@ fn config_command(cmd: &ConfigCommand, cli: &Cli, settings: &Settings) -> u8 {
             }
             if !problems.is_empty() {
                 for p in &problems {
-                    eprintln!("sparkify: error: configuration: {p}");
+                    note!("sparkify: error: configuration: {p}");
                 }
-                return EXIT_CONFIG;
+                return Ok(EXIT_CONFIG);
             }
-            println!(
-                "configuration OK ({source}; store {}, watching {})",
+            out!(
+                "configuration OK ({source}; store {}, watching {})\n",
                 settings.store.kind.as_str(),
                 settings.watch.dir.display()
-            );
-            0
+            )?;
+            Ok(0)
         }
         ConfigCommand::Show => {
-            print!("{}", settings.to_masked_toml());
-            0
+            out!("{}", settings.to_masked_toml())?;
+            Ok(0)
         }
     }
 }
@@ -478,12 +517,12 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
                     let line = report_line(&report);
                     match &bar {
                         Some(b) => b.println(line),
-                        None => eprintln!("{line}"),
+                        None => note!("{line}"),
                     }
                 }
             }
             _ = &mut signal, if interrupted_at.is_none() => {
-                eprintln!("sparkify: interrupted; finishing in-flight writes (Ctrl-C again to quit at once)");
+                note!("sparkify: interrupted; finishing in-flight writes (Ctrl-C again to quit at once)");
                 interrupted_at = Some(Instant::now());
                 shutdown.cancel();
                 tokio::spawn(async {
@@ -512,14 +551,20 @@ async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
         b.finish_and_clear();
     }
     totals.finish(started.elapsed());
-    print_summary(&totals, args.format);
+    // The loading is done and ledgered: a closed standard output only loses the summary, and
+    // the exit code still tells what happened to the files.
+    if let Err(e) = print_summary(&totals, args.format)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e).context("cannot write the summary");
+    }
     let internal = match pipeline {
         Ok(Ok(())) => None,
         Ok(Err(panicked)) => Some(panicked.to_string()),
         Err(e) => Some(format!("internal error: the pipeline failed: {e}")),
     };
     if let Some(message) = &internal {
-        eprintln!("sparkify: {message}");
+        note!("sparkify: {message}");
     }
     if let Some(e) = unusable.or_else(|| store.fatal()) {
         // Files not taken or not finished because of it are the store's doing, not the data's.
@@ -548,7 +593,7 @@ fn ingest_exit_code(t: &Totals, given: u64, interrupted: bool, internal: bool, s
         EXIT_INTERRUPTED
     } else if internal || t.files < given {
         if !internal {
-            eprintln!(
+            note!(
                 "sparkify: {} of the {given} files given were not processed",
                 given - t.files
             );
@@ -566,14 +611,14 @@ fn ingest_exit_code(t: &Totals, given: u64, interrupted: bool, internal: bool, s
     }
 }
 
-fn print_summary(t: &Totals, format: SummaryFormat) {
+fn print_summary(t: &Totals, format: SummaryFormat) -> std::io::Result<()> {
     match format {
         SummaryFormat::Json => {
-            println!("{}", serde_json::to_string(t).unwrap_or_default());
+            out!("{}\n", serde_json::to_string(t).unwrap_or_default())
         }
         SummaryFormat::Text => {
-            println!(
-                "files      {} loaded, {} failed, {} already loaded{}{}{}{}",
+            out!(
+                "files      {} loaded, {} failed, {} already loaded{}{}{}{}\n",
                 t.loaded,
                 t.failed,
                 t.duplicates,
@@ -597,20 +642,23 @@ fn print_summary(t: &Totals, format: SummaryFormat) {
                 } else {
                     String::new()
                 },
-            );
-            println!(
-                "rows       {} read: {} song plays, {} skipped (not song plays), {} rejected",
-                t.counts.rows, t.counts.plays, t.counts.skipped, t.counts.rejected
-            );
-            println!("repaired   {} text values", t.repaired);
-            println!(
-                "elapsed    {:.2} s ({:.0} song plays/s){}",
+            )?;
+            out!(
+                "rows       {} read: {} song plays, {} skipped (not song plays), {} rejected\n",
+                t.counts.rows,
+                t.counts.plays,
+                t.counts.skipped,
+                t.counts.rejected
+            )?;
+            out!("repaired   {} text values\n", t.repaired)?;
+            out!(
+                "elapsed    {:.2} s ({:.0} song plays/s){}\n",
                 t.elapsed_secs,
                 t.plays_per_sec,
                 t.peak_rss_kib
                     .map(|k| format!(", peak memory {} MiB", k / 1024))
                     .unwrap_or_default()
-            );
+            )
         }
     }
 }
@@ -628,9 +676,9 @@ async fn query_command(settings: &Settings, args: QueryArgs) -> anyhow::Result<u
         } => query::user(&store, user_id, session_id, args.format).await?,
         Question::Song { song_title } => query::song(&store, &song_title, args.format).await?,
     };
-    print!("{text}");
+    out!("{text}")?;
     if args.format == Format::Table {
-        eprintln!("({rows} row{})", if rows == 1 { "" } else { "s" });
+        note!("({rows} row{})", if rows == 1 { "" } else { "s" });
     }
     Ok(0)
 }
@@ -729,17 +777,19 @@ async fn extract_command(settings: &Settings, args: ExtractArgs) -> anyhow::Resu
                 total.plays += c.plays;
                 total.rejected += c.rejected;
                 for r in rejected.iter().take(3) {
-                    eprintln!("rejected   {}: {}", f.display(), describe_reject(r));
+                    note!("rejected   {}: {}", f.display(), describe_reject(r));
                 }
             }
+            // The reader of standard output has gone: nothing more to do.
+            Err(e) if is_closed_output(&e) => return Err(e),
             Err(e) => {
                 failed += 1;
-                eprintln!("failed     {e:#}");
+                note!("failed     {e:#}");
             }
         }
     }
     w.flush()?;
-    eprintln!(
+    note!(
         "{} song plays from {} files ({} rejected, {} files failed)",
         total.plays,
         files.len(),
@@ -756,6 +806,7 @@ async fn validate_command(settings: &Settings, args: ValidateArgs) -> anyhow::Re
         repair_mojibake: settings.transform.repair_mojibake,
     };
     let mut problems = 0;
+    let mut closed = false;
     for f in &files {
         let mut shown = Vec::new();
         let result = scan_file(
@@ -770,20 +821,21 @@ async fn validate_command(settings: &Settings, args: ValidateArgs) -> anyhow::Re
             },
         )
         .await;
+        let mut lines = String::new();
         match result {
             Ok((c, repaired)) => {
                 let verdict = if c.rejected > 0 { "rejects" } else { "ok" };
-                println!(
-                    "{verdict:<9}{}: {} rows, {} song plays, {} skipped, {} rejected, {} repaired",
+                lines.push_str(&format!(
+                    "{verdict:<9}{}: {} rows, {} song plays, {} skipped, {} rejected, {} repaired\n",
                     f.display(),
                     c.rows,
                     c.plays,
                     c.skipped,
                     c.rejected,
                     repaired
-                );
+                ));
                 for r in &shown {
-                    println!("           {}", describe_reject(r));
+                    lines.push_str(&format!("           {}\n", describe_reject(r)));
                 }
                 if c.rejected > 0 {
                     problems += 1;
@@ -791,8 +843,16 @@ async fn validate_command(settings: &Settings, args: ValidateArgs) -> anyhow::Re
             }
             Err(e) => {
                 problems += 1;
-                println!("failed   {e:#}");
+                lines.push_str(&format!("failed   {e:#}\n"));
             }
+        }
+        // Once the reader of standard output has gone, the files are still checked, quietly,
+        // so that the exit code says whether any had problems.
+        if !closed && let Err(e) = out!("{lines}") {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(e.into());
+            }
+            closed = true;
         }
     }
     Ok(if problems > 0 { EXIT_DATA } else { 0 })
@@ -802,7 +862,7 @@ async fn status_command(settings: &Settings, args: StatusArgs) -> anyhow::Result
     let store = open_store_read_only(settings).await?;
     let entries = store.ledger_all().await?;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+        Format::Json => out!("{}\n", serde_json::to_string_pretty(&entries)?)?,
         Format::Csv | Format::Table => {
             let header: Vec<String> = [
                 "status",
@@ -843,8 +903,8 @@ async fn status_command(settings: &Settings, args: StatusArgs) -> anyhow::Result
                 })
                 .collect();
             if args.format == Format::Table {
-                print!("{}", query::render_table(&header, &body));
-                eprintln!("({} files)", entries.len());
+                out!("{}", query::render_table(&header, &body))?;
+                note!("({} files)", entries.len());
             } else {
                 let mut w = csv::Writer::from_writer(std::io::stdout().lock());
                 w.write_record(&header)?;

@@ -3,7 +3,8 @@
 //! Wires the stages together — `watch` queues complete files, `pipeline` loads them, this
 //! module acts on each file's outcome (log line, `after_ingest` move or delete, retry) — and
 //! owns the lifecycle: waiting for the store at start-up, systemd notifications (READY once the
-//! start-up scan is queued, WATCHDOG pings, STOPPING), and shutdown on SIGTERM/SIGINT.
+//! start-up scan is queued, WATCHDOG pings, STOPPING), and shutdown on SIGTERM/SIGINT
+//! (SIGHUP is logged and ignored).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use crate::watch::{self, Feedback};
 
 /// `sparkify run`: runs until SIGTERM/SIGINT; a second signal exits at once.
 pub async fn main(settings: Settings) -> anyhow::Result<u8> {
+    let hangups = crate::shutdown::ignore_hangups();
     let shutdown = CancellationToken::new();
     let signals = {
         let shutdown = shutdown.clone();
@@ -38,6 +40,7 @@ pub async fn main(settings: Settings) -> anyhow::Result<u8> {
     };
     let result = run(settings, shutdown.cancelled_owned()).await;
     signals.abort();
+    hangups.abort();
     result
 }
 

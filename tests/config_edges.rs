@@ -312,3 +312,105 @@ fn a_folder_sparkify_writes_to_cannot_hold_the_watched_folder() {
     );
     assert_eq!(daemon.stop(), 0);
 }
+
+/// Runs `sparkify ARGS` with its standard output closed before it writes anything (what
+/// `| head -1` does once it has its line): (exit code, standard error).
+fn run_with_stdout_closed(sb: &Sandbox, args: &[&str]) -> (i32, String) {
+    let mut child = sb
+        .cmd(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (code(&out), stderr(&out))
+}
+
+/// `sparkify ingest … | head -1` once panicked on the broken pipe (exit 101, backtrace). A
+/// closed standard output now ends every command quietly: `ingest` still loads everything and
+/// exits with its usual code, `validate` with its verdict, the others with 0.
+#[test]
+fn a_closed_standard_output_ends_commands_quietly() {
+    let sb = Sandbox::new();
+    let data = sb.copy_dir(&sample_dir(), "event_data");
+    let data = data.to_str().unwrap();
+    let bad = sb.join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("no_columns.csv"), "foo,bar\n1,2\n").unwrap();
+    let bad = bad.to_str().unwrap();
+
+    let quiet = |args: &[&str], expected: i32| {
+        let (code, err) = run_with_stdout_closed(&sb, args);
+        assert_eq!(code, expected, "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe") && !err.contains("error"),
+            "{args:?}: {err}"
+        );
+    };
+    quiet(&["ingest", "-q", data], 0);
+    assert_eq!(table_rows(&sb.db(), "song_plays_by_session").len(), 6820);
+    assert_eq!(ledger_count(&sb.db(), "loaded"), 30);
+    quiet(&["ingest", "-q", "--format", "json", bad], 1);
+    quiet(&["validate", data], 0);
+    quiet(&["validate", data, bad], 1);
+    quiet(&["query", "session", "338", "4"], 0);
+    quiet(&["query", "-f", "json", "user", "10", "182"], 0);
+    quiet(&["status"], 0);
+    quiet(&["status", "-f", "csv"], 0);
+    quiet(&["status", "-f", "json"], 0);
+    quiet(&["schema"], 0);
+    quiet(&["config", "show"], 0);
+    quiet(&["config", "check"], 0);
+    quiet(&["extract", data], 0);
+
+    // The real pipe, as a shell runs it: head gets its line, sparkify ends with 0.
+    let bin = env!("CARGO_BIN_EXE_sparkify");
+    for command in ["status", "extract event_data", "config show"] {
+        let out = std::process::Command::new("bash")
+            .current_dir(sb.path())
+            .env("SPARKIFY_TELEMETRY__HTTP_ADDR", "")
+            .arg("-c")
+            .arg(format!(
+                "{bin} {command} | head -1; exit ${{PIPESTATUS[0]}}"
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{command}: {}", stderr(&out));
+        assert_eq!(stdout(&out).lines().count(), 1, "{command}");
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
+
+/// SIGHUP once killed the daemon at once, with no log line. It is now logged at INFO and
+/// ignored: the daemon keeps loading and stops cleanly on SIGTERM.
+#[test]
+fn sighup_is_logged_and_ignored_by_the_daemon() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.join("event_data")).unwrap();
+    let daemon = Daemon::start(&sb, &[]);
+    daemon.wait_for_message("Store ready", std::time::Duration::from_secs(30));
+    daemon.signal("HUP");
+    daemon.signal("HUP");
+    let message = "SIGHUP received and ignored: settings are read at start-up only; restart to \
+                   apply changes";
+    wait_until(
+        "two SIGHUP log lines",
+        std::time::Duration::from_secs(10),
+        || daemon.messages(message).len() == 2,
+    );
+    let line = &daemon.messages(message)[0];
+    assert_eq!(line["level"], "INFO", "{line}");
+    // Still loading after the hang-ups.
+    let sample = sample_dir().join("2018-11-01-events.csv");
+    drop_by_rename(
+        &sb.join("event_data/2018-11-01-events.csv"),
+        &std::fs::read(sample).unwrap(),
+    );
+    wait_until(
+        "the file is loaded",
+        std::time::Duration::from_secs(30),
+        || ledger_count(&sb.db(), "loaded") == 1,
+    );
+    assert_eq!(daemon.stop(), 0);
+}
