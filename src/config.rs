@@ -453,6 +453,17 @@ pub struct TelemetrySettings {
     /// How often the daemon checks that the store answers, so `/readyz` shows an outage even
     /// when no file is being loaded.
     pub readiness_probe_ms: u64,
+    /// HTTP connections open at once at most; a connection over the cap is closed at once.
+    /// Scrapers and probes need a handful; the cap keeps a flood of clients from using up the
+    /// file descriptors that loading needs.
+    pub http_max_connections: usize,
+    /// A connection that has not sent a complete request head this long after connecting (or
+    /// after its previous response) is closed, so idle keep-alive and slowloris clients give
+    /// their slot back. Probes and scrapers send their request at once.
+    pub http_header_timeout_ms: u64,
+    /// The longest any connection may stay open, whatever it does (a client that stops reading
+    /// its response, or trickles a body). Scrapers simply connect again.
+    pub http_connection_timeout_ms: u64,
 }
 
 impl Default for TelemetrySettings {
@@ -462,6 +473,9 @@ impl Default for TelemetrySettings {
             log_level: "info".to_string(),
             http_addr: "127.0.0.1:9108".to_string(),
             readiness_probe_ms: 2_000,
+            http_max_connections: 64,
+            http_header_timeout_ms: 5_000,
+            http_connection_timeout_ms: 60_000,
         }
     }
 }
@@ -571,6 +585,15 @@ impl Settings {
             ("watch.settle_ms", w.settle_ms),
             ("watch.rescan_secs", w.rescan_secs),
             ("telemetry.readiness_probe_ms", t.readiness_probe_ms),
+            (
+                "telemetry.http_max_connections",
+                t.http_max_connections as u64,
+            ),
+            ("telemetry.http_header_timeout_ms", t.http_header_timeout_ms),
+            (
+                "telemetry.http_connection_timeout_ms",
+                t.http_connection_timeout_ms,
+            ),
         ]
     }
 
@@ -811,6 +834,10 @@ pub const BOUNDS: &[(&str, u64, u64)] = &[
     ("watch.settle_ms", 0, 3_600_000),
     ("watch.rescan_secs", 1, 86_400),
     ("telemetry.readiness_probe_ms", 50, 600_000),
+    // Each connection is a file descriptor; the process needs others to load files.
+    ("telemetry.http_max_connections", 1, 4_096),
+    ("telemetry.http_header_timeout_ms", 100, 600_000),
+    ("telemetry.http_connection_timeout_ms", 100, 86_400_000),
 ];
 
 /// `pipeline.chunk_queue × pipeline.chunk_rows` at most: the song plays that may wait between

@@ -62,6 +62,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         let handle = crate::telemetry::install_metrics()?;
         let bound = crate::telemetry::serve_http(
             &settings.telemetry.http_addr,
+            crate::telemetry::HttpLimits::from_settings(&settings.telemetry),
             health.clone(),
             handle,
             http_stop.clone(),

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -202,6 +203,14 @@ fn describe_metrics() {
         Unit::Seconds,
         "Unix time of the last file loaded"
     );
+    describe_counter!(
+        "sparkify_http_connections_evicted_total",
+        "Idle HTTP connections closed to make room for a new one (telemetry.http_max_connections)"
+    );
+    describe_counter!(
+        "sparkify_http_connections_refused_total",
+        "HTTP connections closed at once: every open one was answering a request"
+    );
     describe_gauge!(
         "sparkify_store_up",
         "1 when the store answers, 0 during an outage"
@@ -242,11 +251,87 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// Bounds on the clients of the HTTP endpoint (the `telemetry.http_*` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections open at once at most.
+    pub max_connections: usize,
+    /// Time a connection has to send a complete request head, from connecting or from its
+    /// previous response.
+    pub header_timeout: Duration,
+    /// The longest a connection may stay open.
+    pub connection_timeout: Duration,
+}
+
+impl HttpLimits {
+    pub fn from_settings(s: &TelemetrySettings) -> HttpLimits {
+        HttpLimits {
+            max_connections: s.http_max_connections.max(1),
+            header_timeout: Duration::from_millis(s.http_header_timeout_ms),
+            connection_timeout: Duration::from_millis(s.http_connection_timeout_ms),
+        }
+    }
+}
+
+/// One open connection, as the accept loop sees it.
+struct Slot {
+    id: u64,
+    /// Cancelled to close the connection at once.
+    close: CancellationToken,
+    /// A request is being answered (its head was read and the handler has not returned).
+    busy: Arc<AtomicBool>,
+}
+
+/// The open connections, oldest first. At the cap a newcomer takes the place of the oldest
+/// connection that is not answering a request — an idle keep-alive or a client still
+/// dribbling its header — so a flood of silent clients can never keep a probe out: a probe
+/// sends its request at once and is answered in a millisecond, long before it is the oldest.
+#[derive(Default)]
+struct Slots {
+    open: Mutex<std::collections::VecDeque<Slot>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Slots {
+    /// Makes room for a new connection; `None` when every open one is answering a request
+    /// (the newcomer is then closed at once).
+    fn admit(&self, max: usize) -> Option<(u64, CancellationToken, Arc<AtomicBool>)> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= max {
+            let idle = open.iter().position(|s| !s.busy.load(Ordering::Relaxed))?;
+            if let Some(evicted) = open.remove(idle) {
+                evicted.close.cancel();
+            }
+            metrics::counter!("sparkify_http_connections_evicted_total").increment(1);
+        }
+        let slot = Slot {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            close: CancellationToken::new(),
+            busy: Arc::new(AtomicBool::new(false)),
+        };
+        let admitted = (slot.id, slot.close.clone(), slot.busy.clone());
+        open.push_back(slot);
+        Some(admitted)
+    }
+
+    fn release(&self, id: u64) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = open.iter().position(|s| s.id == id) {
+            open.remove(at);
+        }
+    }
+}
+
 /// Binds the HTTP endpoint (`ip:port` or `name:port`; a name is looked up and the first of
 /// its addresses that can be bound is used); serves until `shutdown`. Returns the bound
 /// address.
+///
+/// Connections are bounded by `limits`: at most `max_connections` open (each is a file
+/// descriptor the loader may need), each closed when it has not sent a request head within
+/// `header_timeout` or has been open for `connection_timeout`.
 pub async fn serve_http(
     addr: &str,
+    limits: HttpLimits,
     health: Arc<Health>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
@@ -260,12 +345,68 @@ pub async fn serve_http(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(AppState { health, metrics });
+    let app = hyper_util::service::TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let slots = Arc::new(Slots::default());
+    metrics::counter!("sparkify_http_connections_evicted_total").increment(0);
+    metrics::counter!("sparkify_http_connections_refused_total").increment(0);
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP endpoint stopped");
+        let mut last_warning: Option<tokio::time::Instant> = None;
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait instead of spinning.
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "HTTP endpoint cannot accept a connection");
+                        last_warning = Some(tokio::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Some((id, close, busy)) = slots.admit(limits.max_connections) else {
+                metrics::counter!("sparkify_http_connections_refused_total").increment(1);
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let service = hyper::service::service_fn(move |request| {
+                busy.store(true, Ordering::Relaxed);
+                let answer = hyper::service::Service::call(&app, request);
+                let busy = busy.clone();
+                async move {
+                    let response = answer.await;
+                    busy.store(false, Ordering::Relaxed);
+                    response
+                }
+            });
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let slots = slots.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::pin!(connection);
+                let lifetime = tokio::time::sleep(limits.connection_timeout);
+                tokio::select! {
+                    // Errors here are the client's (a header timeout, a reset): nothing to report.
+                    _ = &mut connection => {}
+                    _ = close.cancelled() => {}
+                    _ = shutdown.cancelled() => {}
+                    _ = lifetime => {
+                        // Finish the response in progress, if any, then close.
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(1), &mut connection).await;
+                    }
+                }
+                slots.release(id);
+            });
         }
     });
     Ok(bound)

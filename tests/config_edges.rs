@@ -4,6 +4,8 @@
 
 mod util;
 
+use std::time::Duration;
+
 use util::*;
 
 /// Values that once passed `config check` and then panicked, aborted or loaded nothing with
@@ -278,7 +280,7 @@ fn a_folder_sparkify_writes_to_cannot_hold_the_watched_folder() {
             let out = sb.run(&full);
             let err = stderr(&out);
             assert_eq!(code(&out), 2, "{full:?}: {err}");
-            assert!(started.elapsed() < std::time::Duration::from_secs(20));
+            assert!(started.elapsed() < Duration::from_secs(20));
             assert!(
                 err.contains(&format!("`{key}`")) && err.contains(what),
                 "{full:?}: {err}"
@@ -305,11 +307,9 @@ fn a_folder_sparkify_writes_to_cannot_hold_the_watched_folder() {
     }
     // And the daemon with the defaults beside the folder loads the sample.
     let daemon = Daemon::start(&sb, &[("SPARKIFY_WATCH__FAILED_DIR", "failed")]);
-    wait_until(
-        "the sample is loaded",
-        std::time::Duration::from_secs(60),
-        || ledger_count(&sb.db(), "loaded") == 30,
-    );
+    wait_until("the sample is loaded", Duration::from_secs(60), || {
+        ledger_count(&sb.db(), "loaded") == 30
+    });
     assert_eq!(daemon.stop(), 0);
 }
 
@@ -389,16 +389,14 @@ fn sighup_is_logged_and_ignored_by_the_daemon() {
     let sb = Sandbox::new();
     std::fs::create_dir(sb.join("event_data")).unwrap();
     let daemon = Daemon::start(&sb, &[]);
-    daemon.wait_for_message("Store ready", std::time::Duration::from_secs(30));
+    daemon.wait_for_message("Store ready", Duration::from_secs(30));
     daemon.signal("HUP");
     daemon.signal("HUP");
     let message = "SIGHUP received and ignored: settings are read at start-up only; restart to \
                    apply changes";
-    wait_until(
-        "two SIGHUP log lines",
-        std::time::Duration::from_secs(10),
-        || daemon.messages(message).len() == 2,
-    );
+    wait_until("two SIGHUP log lines", Duration::from_secs(10), || {
+        daemon.messages(message).len() == 2
+    });
     let line = &daemon.messages(message)[0];
     assert_eq!(line["level"], "INFO", "{line}");
     // Still loading after the hang-ups.
@@ -407,10 +405,170 @@ fn sighup_is_logged_and_ignored_by_the_daemon() {
         &sb.join("event_data/2018-11-01-events.csv"),
         &std::fs::read(sample).unwrap(),
     );
-    wait_until(
-        "the file is loaded",
-        std::time::Duration::from_secs(30),
-        || ledger_count(&sb.db(), "loaded") == 1,
+    wait_until("the file is loaded", Duration::from_secs(30), || {
+        ledger_count(&sb.db(), "loaded") == 1
+    });
+    assert_eq!(daemon.stop(), 0);
+}
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Waits until the peer closes `s`; how long after `started` that was (None if still open
+/// `limit` after it).
+fn closed_within(
+    s: &mut std::net::TcpStream,
+    started: std::time::Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+/// 3,000 idle and slowloris connections once stayed open for good, and 1,100 of them made
+/// `/healthz` unreachable. Connections are now capped (`telemetry.http_max_connections`), a
+/// newcomer takes the place of the oldest idle one, and a connection without a complete
+/// request head within `http_header_timeout_ms`, or open longer than
+/// `http_connection_timeout_ms`, is closed: a flood of silent clients can neither hold file
+/// descriptors nor keep the probes out.
+#[test]
+fn the_metrics_port_cannot_be_starved_by_idle_or_slowloris_clients() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.join("event_data")).unwrap();
+    let daemon = Daemon::start(
+        &sb,
+        &[
+            ("SPARKIFY_TELEMETRY__HTTP_ADDR", "127.0.0.1:0"),
+            ("SPARKIFY_TELEMETRY__HTTP_MAX_CONNECTIONS", "16"),
+            ("SPARKIFY_TELEMETRY__HTTP_HEADER_TIMEOUT_MS", "1000"),
+            ("SPARKIFY_TELEMETRY__HTTP_CONNECTION_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let addr = daemon.http_addr();
+    wait_until("ready", Duration::from_secs(30), || {
+        http_get(&addr, "/readyz").0 == 200
+    });
+    let fds_before = open_fds(daemon.pid());
+
+    // A flood: idle connections and slowloris ones (a header that never ends), far over the cap.
+    let mut flood: Vec<TcpStream> = Vec::new();
+    for i in 0..300 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        if i % 3 == 0 {
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a");
+        }
+        flood.push(s);
+    }
+    // The probes get through at once, every time, while the flood holds its sockets.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let (status, body) = http_get(&addr, "/healthz");
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest probe {slowest:?}"
+    );
+    let fds_during = open_fds(daemon.pid());
+    assert!(
+        fds_during <= fds_before + 16 + 2,
+        "{fds_during} descriptors open during the flood, {fds_before} before"
+    );
+    // Every one of the flood's connections is closed: over the cap at once, the rest after
+    // the header timeout.
+    for (i, s) in flood.iter_mut().enumerate() {
+        let closed = closed_within(s, std::time::Instant::now(), Duration::from_secs(5));
+        assert!(closed.is_some(), "flood connection {i} still open");
+    }
+
+    // A sustained flood, a new silent connection every 2 ms, cannot keep probes out.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut held = std::collections::VecDeque::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = TcpStream::connect(&addr) {
+                    held.push_back(s);
+                }
+                if held.len() > 500 {
+                    held.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut answered = 0;
+    for _ in 0..30 {
+        if http_get(&addr, "/healthz").0 == 200 {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooder.join().unwrap();
+    assert_eq!(answered, 30, "probes answered during a sustained flood");
+
+    // An idle connection, and a keep-alive one after its answer, close after the header
+    // timeout (1 s).
+    let opened = std::time::Instant::now();
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    let mut kept = TcpStream::connect(&addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    for s in [&mut idle, &mut kept] {
+        let closed = closed_within(s, opened, Duration::from_secs(5)).expect("closed");
+        assert!(
+            closed > Duration::from_millis(700) && closed < Duration::from_millis(2500),
+            "closed after {closed:?}"
+        );
+    }
+    // A busy connection, asking every 200 ms, is closed once it has been open 3 s.
+    let mut busy = TcpStream::connect(&addr).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let opened = std::time::Instant::now();
+    let lifetime = loop {
+        use std::io::Read;
+        let mut buf = [0u8; 1024];
+        let sent = busy.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        match (sent, busy.read(&mut buf)) {
+            (Ok(()), Ok(n)) if n > 0 => {}
+            _ => break opened.elapsed(),
+        }
+        assert!(opened.elapsed() < Duration::from_secs(10), "never closed");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        lifetime > Duration::from_millis(2800) && lifetime < Duration::from_millis(4500),
+        "busy connection closed after {lifetime:?}"
+    );
+    let page = http_get(&addr, "/metrics").1;
+    assert!(
+        page.lines().any(
+            |l| l.starts_with("sparkify_http_connections_evicted_total ")
+                && l.split(' ').nth(1).unwrap().parse::<f64>().unwrap() > 100.0
+        ),
+        "{page}"
     );
     assert_eq!(daemon.stop(), 0);
 }
