@@ -36,7 +36,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # verify refuses a unit whose ExecStart binary does not exist. The unit names the installed
-# path (/usr/local/bin/sparkify); check a copy that points at a stub instead, so the check
+# path (/usr/bin/sparkify); check a copy that points at a stub instead, so the check
 # needs no build and no install. The executable's content does not matter to verify.
 stub="$work/bin/sparkify"
 mkdir -p "$work/bin"
@@ -57,9 +57,9 @@ verify_unit() {
 }
 
 mkdir -p "$work/unit" "$work/broken"
-sed "s|/usr/local/bin/sparkify|$stub|g" "$unit" >"$work/unit/sparkify.service"
+sed "s|/usr/bin/sparkify|$stub|g" "$unit" >"$work/unit/sparkify.service"
 if ! grep -q "^ExecStart=$stub run" "$work/unit/sparkify.service"; then
-  echo "error: $unit no longer starts /usr/local/bin/sparkify run; update deploy/check.sh" >&2
+  echo "error: $unit no longer starts /usr/bin/sparkify run; update deploy/check.sh" >&2
   exit 1
 fi
 
