@@ -394,7 +394,10 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
         args.seed,
         args.first_session,
     )?;
-    println!(
+    // A reader of standard output that went away (`| head`) has what it wanted.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
         "wrote {} files to {}: {} events, {} song plays, {} bytes in {:.2} s",
         g.files.len(),
         args.dir.display(),

@@ -195,6 +195,10 @@ fn restart_reloads_nothing_but_changed_content() {
     wait_until("the changed file", LONG, || {
         ledger_count(&sb.db(), "loaded") == 31
     });
+    // The log line follows the ledger entry by a moment.
+    wait_until("its log line", LONG, || {
+        !d.messages("Loaded file").is_empty()
+    });
     assert_eq!(d.messages("Loaded file").len(), 1);
     assert_eq!(d.stop(), 0);
     let out = sb.run(&["query", "session", "999999", "0", "--format", "csv"]);

@@ -57,7 +57,8 @@ impl Sandbox {
             .env_remove("RUST_LOG")
             .env("SPARKIFY_TELEMETRY__HTTP_ADDR", "")
             .env("SPARKIFY_TELEMETRY__LOG_FORMAT", "text");
-        for (k, _) in std::env::vars() {
+        for (k, _) in std::env::vars_os() {
+            let Some(k) = k.to_str() else { continue };
             if k.starts_with("SPARKIFY_")
                 && k != "SPARKIFY_TELEMETRY__HTTP_ADDR"
                 && k != "SPARKIFY_TELEMETRY__LOG_FORMAT"
