@@ -10,6 +10,9 @@
 //!    against that server's ceiling: a plain driver loop of prepared single-row inserts with
 //!    256 requests in flight, on a fresh server each time.
 //! 4. Daemon latency: a file renamed into the watched folder until its rows are queryable.
+//! 5. Memory: the peak RSS of `sparkify ingest` on input shapes that once broke the memory
+//!    bound (rows of nothing but commas, 100,000 columns, long values, 20,000 tiny files) next
+//!    to ordinary data, against the bound the README states for the configuration.
 //!
 //! Run it with `cargo bench --bench suite` (or `scripts/bench.sh`); `-- --help` lists the
 //! options. `tests/bench_suite.rs` runs the same code at tiny sizes so it cannot rot. The
@@ -38,21 +41,23 @@ use tokio_util::sync::CancellationToken;
 mod cql;
 use cql::Emulator;
 
-/// One of the four parts of the suite.
+/// One of the five parts of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Extract,
     Embedded,
     Cassandra,
     Latency,
+    Memory,
 }
 
 impl Part {
-    const ALL: [Part; 4] = [
+    const ALL: [Part; 5] = [
         Part::Extract,
         Part::Embedded,
         Part::Cassandra,
         Part::Latency,
+        Part::Memory,
     ];
 
     fn name(self) -> &'static str {
@@ -61,6 +66,7 @@ impl Part {
             Part::Embedded => "embedded",
             Part::Cassandra => "cassandra",
             Part::Latency => "latency",
+            Part::Memory => "memory",
         }
     }
 }
@@ -87,6 +93,14 @@ pub struct Plan {
     pub drops: usize,
     /// Events per dropped file (a real daily export holds about 270).
     pub drop_rows: u64,
+    /// Memory part: events of the ordinary case; rows of 65,000 commas in the wide-row file
+    /// (3,000 is 195 MB); rows of the 100,000-column file; plays of 60 KB in the long-values
+    /// file; five-row files in the many-files case.
+    pub memory_rows: u64,
+    pub wide_rows: usize,
+    pub column_rows: usize,
+    pub long_rows: usize,
+    pub tiny_files: usize,
     /// Runs per figure; the table shows medians.
     pub repeat: usize,
     /// Where data and stores go; a temporary folder under the target dir when absent.
@@ -109,6 +123,11 @@ impl Plan {
             in_flight: 256,
             drops: 100,
             drop_rows: 300,
+            memory_rows: 1_000_000,
+            wide_rows: 3_000,
+            column_rows: 200,
+            long_rows: 3_000,
+            tiny_files: 20_000,
             repeat: 3,
             work_dir: None,
             binary: PathBuf::from(env!("CARGO_BIN_EXE_sparkify")),
@@ -127,6 +146,11 @@ impl Plan {
             in_flight: 64,
             drops: 5,
             drop_rows: 100,
+            memory_rows: 3_000,
+            wide_rows: 20,
+            column_rows: 5,
+            long_rows: 20,
+            tiny_files: 100,
             repeat: 1,
             ..Plan::full()
         }
@@ -136,7 +160,7 @@ impl Plan {
 Usage: cargo bench --bench suite -- [OPTIONS]
 
 Options (sizes take k and m suffixes: 3m = 3,000,000):
-  --parts LIST            extract,embedded,cassandra,latency (default: all)
+  --parts LIST            extract,embedded,cassandra,latency,memory (default: all)
   --extract-rows N        events in the extract file (default 1m)
   --embedded-rows LIST    events per end-to-end case (default 1m,3m; 10m if time allows)
   --rows-per-file N       events per generated file (default 100k)
@@ -144,6 +168,7 @@ Options (sizes take k and m suffixes: 3m = 3,000,000):
   --sample-files N        files of the real sample for the Cassandra part (default 30)
   --cassandra-rows N      events of the generated Cassandra case, 0 for none (default 1m)
   --drops N               files dropped into the daemon's folder (default 100)
+  --tiny-files N          five-row files of the memory part's many-files case (default 20k)
   --repeat N              runs per figure; medians are shown (default 3)
   --work-dir DIR          keep data and stores here instead of a temporary folder
   --tiny                  every part at CI sizes
@@ -190,6 +215,7 @@ Options (sizes take k and m suffixes: 3m = 3,000,000):
                 "--sample-files" => plan.sample_files = count(&value()?)? as usize,
                 "--cassandra-rows" => plan.cassandra_rows = count(&value()?)?,
                 "--drops" => plan.drops = count(&value()?)?.max(1) as usize,
+                "--tiny-files" => plan.tiny_files = count(&value()?)?.max(1) as usize,
                 "--repeat" => plan.repeat = count(&value()?)?.max(1) as usize,
                 "--work-dir" => plan.work_dir = Some(PathBuf::from(value()?)),
                 "--out" => out = Some(PathBuf::from(value()?)),
@@ -283,6 +309,33 @@ pub struct LatencyResult {
     pub latencies: Vec<Duration>,
 }
 
+/// Part 5, one input shape.
+#[derive(Debug, Clone)]
+pub struct MemoryResult {
+    pub label: String,
+    /// Bytes and files of the input.
+    pub bytes: u64,
+    pub files: usize,
+    /// What the runs ended with: exit code and the summary's counts (the same every run).
+    pub exit: i32,
+    pub loaded: u64,
+    pub failed: u64,
+    pub plays: u64,
+    pub rejected: u64,
+    /// Peak RSS (`VmHWM`) and seconds of each run.
+    pub peak_rss_kib: Vec<u64>,
+    pub elapsed_secs: Vec<f64>,
+    /// The README's bound for the settings of the run, in KiB.
+    pub bound_kib: u64,
+}
+
+impl MemoryResult {
+    /// Highest peak RSS of the runs, in KiB.
+    pub fn peak_kib(&self) -> u64 {
+        self.peak_rss_kib.iter().copied().max().unwrap_or(0)
+    }
+}
+
 /// Everything one run of the suite measured.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -296,6 +349,7 @@ pub struct Report {
     pub embedded: Vec<EmbeddedResult>,
     pub cassandra: Vec<CassandraResult>,
     pub latency: Option<LatencyResult>,
+    pub memory: Vec<MemoryResult>,
 }
 
 /// Runs the parts of `plan`; panics when a run loads the wrong number of plays or rows, since
@@ -360,6 +414,7 @@ pub fn run(plan: &Plan) -> Report {
                 }
             }
             Part::Latency => report.latency = Some(latency(plan, &work)),
+            Part::Memory => report.memory = memory(plan, &data),
         }
     }
     report.load_after = load_average();
@@ -674,6 +729,300 @@ fn embedded(
     let _ = std::fs::remove_dir_all(data.work.join("embedded-ceiling"));
     let _ = std::fs::remove_dir_all(data.work.join("embedded-ingest"));
     result
+}
+
+/// The memory bound README.md states, in KiB, for the settings the suite runs with (the
+/// defaults, with `embedded.transaction_rows` from the plan and one SQLite writer):
+/// `40 MiB + readers × (34·B + 14·R + 64·F + 512·C + 4 MiB) + (Q + 1) × (512·C + R) +
+/// writers × 640·G`.
+pub fn memory_bound_kib(plan: &Plan, max_record_bytes: u64) -> u64 {
+    let s = sparkify::config::Settings::default();
+    let (b, r, f) = (
+        s.extract.read_buffer_bytes as u64,
+        max_record_bytes,
+        s.extract.max_fields as u64,
+    );
+    let (c, q, readers) = (
+        s.pipeline.chunk_rows as u64,
+        s.pipeline.chunk_queue as u64,
+        s.pipeline.readers as u64,
+    );
+    let g = plan.transaction_rows as u64;
+    let mib = 1024 * 1024;
+    let bytes = 40 * mib
+        + readers * (34 * b + 14 * r + 64 * f + 512 * c + 4 * mib)
+        + (q + 1) * (512 * c + r)
+        + 640 * g;
+    bytes / 1024
+}
+
+const SHAPE_HEADER: &str = "artist,auth,firstName,gender,itemInSession,lastName,length,level,location,method,page,registration,sessionId,song,status,ts,userId";
+
+fn shape_row(session: u64, item: u64, song: &str) -> String {
+    format!(
+        "Artist {session},Logged In,Ann,F,{item},Lee,201.5,free,\"Lansing, MI\",PUT,NextSong,1.54092E+12,{session},{song},200,1.54111E+12,7\n"
+    )
+}
+
+/// Writes a file of `rows` lines made by `line` after `header`, unless it is there already.
+fn shape_file(path: &Path, header: &str, rows: usize, line: impl Fn(usize) -> String) {
+    if path.exists() {
+        return;
+    }
+    std::fs::create_dir_all(path.parent().expect("folder")).expect("shape dir");
+    let tmp = path.with_extension("tmp");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("shape file"));
+    use std::io::Write;
+    w.write_all(header.as_bytes()).expect("write");
+    w.write_all(b"\n").expect("write");
+    for i in 0..rows {
+        w.write_all(line(i).as_bytes()).expect("write");
+    }
+    w.flush().expect("write");
+    drop(w);
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// `sparkify ingest --format json` of a shape into a fresh store, any exit code: one run.
+fn ingest_shape(plan: &Plan, work: &Path, input: &Path, extra: &[&str]) -> serde_json::Value {
+    let dir = fresh(work, "memory-ingest");
+    std::fs::write(
+        dir.join("sparkify.toml"),
+        format!(
+            "[embedded]\npath = \"sparkify.db\"\ntransaction_rows = {}\n\
+             [telemetry]\nhttp_addr = \"\"\nlog_format = \"text\"\nlog_level = \"warn\"\n",
+            plan.transaction_rows
+        ),
+    )
+    .expect("config");
+    let mut c = Command::new(&plan.binary);
+    c.current_dir(&dir)
+        .args([
+            "--config",
+            "sparkify.toml",
+            "ingest",
+            "--quiet",
+            "--format",
+            "json",
+        ])
+        .args(extra)
+        .arg(input)
+        .env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SPARKIFY_") {
+            c.env_remove(k);
+        }
+    }
+    let out = c.output().expect("sparkify runs");
+    let mut summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    summary["exit"] = out.status.code().unwrap_or(-1).into();
+    let _ = std::fs::remove_dir_all(&dir);
+    summary
+}
+
+fn memory(plan: &Plan, data: &Data) -> Vec<MemoryResult> {
+    let shapes = data.work.join("shapes");
+    let wide = shapes.join(format!("wide-{}", plan.wide_rows));
+    let commas = ",".repeat(65_000);
+    // A song play first and last, so the file loads; every row between is one reject.
+    let good_and_commas = |i: usize| {
+        if i == 0 || i == plan.wide_rows + 1 {
+            shape_row(1, i as u64, "Song")
+        } else {
+            format!("{commas}\n")
+        }
+    };
+    shape_file(
+        &wide.join("wide.csv"),
+        SHAPE_HEADER,
+        plan.wide_rows + 2,
+        good_and_commas,
+    );
+    let two_wide = shapes.join(format!("two-wide-{}", plan.wide_rows));
+    for n in 0..2 {
+        shape_file(
+            &two_wide.join(format!("wide-{n}.csv")),
+            SHAPE_HEADER,
+            plan.wide_rows + 2,
+            |i| {
+                if i == 0 || i == plan.wide_rows + 1 {
+                    shape_row(2 + n, i as u64, "Song")
+                } else {
+                    format!("{commas}\n")
+                }
+            },
+        );
+    }
+    let columns = shapes.join(format!("columns-{}", plan.column_rows));
+    let extra_header: String = (0..100_000).map(|i| format!(",c{i}")).collect();
+    let extra_values = ",".repeat(100_000);
+    shape_file(
+        &columns.join("columns.csv"),
+        &format!("{SHAPE_HEADER}{extra_header}"),
+        plan.column_rows,
+        |i| {
+            let mut r = shape_row(4, i as u64, "Song");
+            r.pop();
+            format!("{r}{extra_values}\n")
+        },
+    );
+    let at_bound = shapes.join(format!("columns-1000-{}", plan.long_rows));
+    let header_1000: String = (0..983).map(|i| format!(",c{i}")).collect();
+    let values_1000: String = (0..983).map(|i| format!(",{}", i % 10)).collect();
+    shape_file(
+        &at_bound.join("columns.csv"),
+        &format!("{SHAPE_HEADER}{header_1000}"),
+        plan.long_rows * 10,
+        |i| {
+            let mut r = shape_row(5 + i as u64 / 1000, i as u64 % 1000, "Song");
+            r.pop();
+            format!("{r}{values_1000}\n")
+        },
+    );
+    let long = shapes.join(format!("long-{}", plan.long_rows));
+    let title = "t".repeat(60_000);
+    shape_file(&long.join("long.csv"), SHAPE_HEADER, plan.long_rows, |i| {
+        shape_row(
+            100 + i as u64 / 1000,
+            i as u64 % 1000,
+            &format!("{title}{i}"),
+        )
+    });
+    let tiny = shapes.join(format!("tiny-{}", plan.tiny_files));
+    if !tiny.exists() {
+        let tmp = shapes.join("tiny.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).expect("tiny dir");
+        for f in 0..plan.tiny_files {
+            let rows: String = (0..5)
+                .map(|i| shape_row(10_000 + f as u64, i, "Song"))
+                .collect();
+            std::fs::write(
+                tmp.join(format!("{f:06}.csv")),
+                format!("{SHAPE_HEADER}\n{rows}"),
+            )
+            .expect("tiny file");
+        }
+        std::fs::rename(&tmp, &tiny).expect("rename");
+    }
+    let (ordinary, _) = data.generated(plan.memory_rows, plan.rows_per_file);
+
+    let default_r = sparkify::config::Settings::default()
+        .extract
+        .max_record_bytes as u64;
+    let cases: Vec<(String, PathBuf, Vec<&str>, u64)> = vec![
+        (
+            format!("ordinary: {} generated events", thousands(plan.memory_rows)),
+            ordinary,
+            vec![],
+            default_r,
+        ),
+        (
+            format!(
+                "{} rows of 65,000 commas, each under extract.max_record_bytes",
+                thousands(plan.wide_rows as u64)
+            ),
+            wide,
+            vec![],
+            default_r,
+        ),
+        (
+            "the same, two files read at once".to_string(),
+            two_wide,
+            vec![],
+            default_r,
+        ),
+        (
+            format!(
+                "header and {} rows of 100,017 columns",
+                thousands(plan.column_rows as u64)
+            ),
+            columns.clone(),
+            vec![],
+            default_r,
+        ),
+        (
+            "the same with extract.max_record_bytes = 8 MiB".to_string(),
+            columns,
+            vec!["--set", "extract.max_record_bytes=8388608"],
+            8 * 1024 * 1024,
+        ),
+        (
+            format!(
+                "{} rows of 1,000 columns (at extract.max_fields)",
+                thousands(plan.long_rows as u64 * 10)
+            ),
+            at_bound,
+            vec![],
+            default_r,
+        ),
+        (
+            format!(
+                "{} song plays with 60 KB titles",
+                thousands(plan.long_rows as u64)
+            ),
+            long,
+            vec![],
+            default_r,
+        ),
+        (
+            format!(
+                "{} files of five song plays",
+                thousands(plan.tiny_files as u64)
+            ),
+            tiny,
+            vec![],
+            default_r,
+        ),
+    ];
+    let mut results = Vec::new();
+    for (label, input, extra, r) in cases {
+        let files = csv_files(&input);
+        let bytes = files
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let mut result = MemoryResult {
+            label,
+            bytes,
+            files: files.len(),
+            exit: 0,
+            loaded: 0,
+            failed: 0,
+            plays: 0,
+            rejected: 0,
+            peak_rss_kib: vec![],
+            elapsed_secs: vec![],
+            bound_kib: memory_bound_kib(plan, r),
+        };
+        for _ in 0..plan.repeat {
+            let s = ingest_shape(plan, &data.work, &input, &extra);
+            let n = |k: &str| s[k].as_u64().unwrap_or(0);
+            result.exit = s["exit"].as_i64().unwrap_or(-1) as i32;
+            result.loaded = n("loaded");
+            result.failed = n("failed");
+            result.plays = n("plays");
+            result.rejected = n("rejected");
+            assert_eq!(
+                result.loaded + result.failed,
+                result.files as u64,
+                "{}: {s}",
+                result.label
+            );
+            result.peak_rss_kib.push(n("peak_rss_kib"));
+            result
+                .elapsed_secs
+                .push(s["elapsed_secs"].as_f64().unwrap_or(0.0));
+        }
+        results.push(result);
+    }
+    results
 }
 
 /// Rows of each of the three tables the server holds when it is stopped.
@@ -1343,6 +1692,44 @@ impl Report {
                 l.latencies.len(),
                 ms(l.quantile(0.0)),
                 ms(l.quantile(0.9)),
+            ));
+        }
+        for m in &self.memory {
+            let peak = m.peak_kib();
+            let outcome = if m.failed > 0 {
+                format!(
+                    "{} of {} file(s) refused, exit {}",
+                    m.failed, m.files, m.exit
+                )
+            } else {
+                format!(
+                    "{} song plays, {} rejected, exit {}",
+                    thousands(m.plays),
+                    thousands(m.rejected),
+                    m.exit
+                )
+            };
+            t.push_str(&format!(
+                "| 5 memory | `sparkify ingest`, {}; {:.0} MB in {} file(s) | peak RSS {}; {} | \
+                 the README's bound for these settings: {} | {:.2} | ≤ 1 | {} |\n",
+                m.label,
+                m.bytes as f64 / 1e6,
+                thousands(m.files as u64),
+                mib(peak),
+                outcome,
+                mib(m.bound_kib),
+                peak as f64 / m.bound_kib.max(1) as f64,
+                yes(peak <= m.bound_kib)
+            ));
+            runs.push_str(&format!(
+                "- memory, {}: {}\n",
+                m.label,
+                m.peak_rss_kib
+                    .iter()
+                    .zip(&m.elapsed_secs)
+                    .map(|(k, s)| format!("{} ({s:.2} s)", mib(*k)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         format!("{t}\nRuns:\n{runs}")

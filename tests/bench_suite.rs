@@ -45,11 +45,42 @@ fn every_part_of_the_benchmark_suite_runs_at_tiny_sizes() {
     let l = report.latency.as_ref().expect("latency part");
     assert_eq!(l.latencies.len(), plan.drops);
 
+    let [
+        ordinary,
+        wide,
+        two_wide,
+        columns,
+        columns_8m,
+        at_bound,
+        long,
+        tiny,
+    ] = report.memory.as_slice()
+    else {
+        panic!("eight memory cases: {:?}", report.memory)
+    };
+    assert_eq!((ordinary.exit, ordinary.failed), (0, 0), "{ordinary:?}");
+    assert!(ordinary.plays > 0);
+    for w in [wide, two_wide] {
+        assert_eq!(w.rejected, plan.wide_rows as u64 * w.files as u64, "{w:?}");
+        assert_eq!(w.plays, 2 * w.files as u64, "{w:?}");
+    }
+    for c in [columns, columns_8m] {
+        assert_eq!((c.exit, c.failed), (1, 1), "{c:?}");
+    }
+    assert_eq!(at_bound.plays, plan.long_rows as u64 * 10, "{at_bound:?}");
+    assert_eq!(long.plays, plan.long_rows as u64, "{long:?}");
+    assert_eq!(tiny.loaded, plan.tiny_files as u64, "{tiny:?}");
+    for m in &report.memory {
+        assert_eq!(m.peak_rss_kib.len(), plan.repeat);
+        assert!(m.peak_kib() > 0 && m.bound_kib > m.peak_kib(), "{m:?}");
+    }
+
     for heading in [
         "1 extract",
         "2 embedded",
         "3 cassandra",
         "4 daemon",
+        "5 memory",
         "Runs:",
     ] {
         assert!(table.contains(heading), "{heading} missing from\n{table}");
@@ -66,14 +97,21 @@ fn the_runner_takes_sizes_with_suffixes_and_refuses_unknown_options() {
         "--extract-rows",
         "250k",
         "--parts",
-        "extract,latency",
+        "extract,latency,memory",
         "--out",
         "x.md",
     ]))
     .unwrap();
     assert_eq!(plan.embedded_rows, [1_000_000, 3_000_000, 10_000_000]);
     assert_eq!(plan.extract_rows, 250_000);
-    assert_eq!(plan.parts, [suite::Part::Extract, suite::Part::Latency]);
+    assert_eq!(
+        plan.parts,
+        [
+            suite::Part::Extract,
+            suite::Part::Latency,
+            suite::Part::Memory
+        ]
+    );
     assert_eq!(out.as_deref(), Some(std::path::Path::new("x.md")));
     assert!(suite::Plan::from_args(&args(&["--nope"])).is_err());
     assert!(suite::Plan::from_args(&args(&["--parts", "disk"])).is_err());
