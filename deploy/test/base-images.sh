@@ -3,7 +3,10 @@
 # they are missing. No image registry is needed: each image is a Debian bookworm root file
 # system made with debootstrap from a Debian package mirror and imported with `docker import`.
 #
-#   bash deploy/test/base-images.sh [runtime] [systemd] [rust]     (default: runtime systemd)
+#   bash deploy/test/base-images.sh [--cache-only] [runtime] [systemd] [rust]
+#
+# (default: runtime systemd). --cache-only makes the root file systems in the cache and
+# imports nothing, so it needs no Docker engine (CI runs it in the background early on).
 #
 #   sparkify-base/runtime:bookworm  debootstrap --variant=minbase: the runtime stage's base,
 #                                   in place of debian:bookworm-slim (build arg RUNTIME_IMAGE)
@@ -30,6 +33,11 @@ suite=bookworm
 cache=${BASE_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sparkify-images}
 mkdir -p "$cache/debs"
 
+cache_only=
+if [ "${1:-}" = "--cache-only" ]; then
+  cache_only=1
+  shift
+fi
 want=("$@")
 if [ ${#want[@]} -eq 0 ]; then want=(runtime systemd); fi
 
@@ -40,7 +48,7 @@ need() {
   fi
 }
 need debootstrap debootstrap
-if ! "$docker" info >/dev/null 2>&1; then
+if [ -z "$cache_only" ] && ! "$docker" info >/dev/null 2>&1; then
   echo "error: no Docker engine answers $docker (start dockerd first)" >&2
   exit 1
 fi
@@ -98,6 +106,15 @@ rust_hook() {
 image() {
   local name=$1 tag=$2 include=$3 hook=$4
   shift 4
+  if [ -n "$cache_only" ]; then
+    if [ -f "$cache/$name.tar" ]; then
+      echo "== $name: cached"
+    else
+      echo "== $name: making the root file system"
+      bootstrap "$name" "$include" "$hook"
+    fi
+    return
+  fi
   if "$docker" image inspect "$tag" >/dev/null 2>&1; then
     echo "== $tag: present"
     return
