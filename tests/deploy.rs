@@ -8,8 +8,8 @@
 //! writable every path sparkify writes; the Dockerfile needs no registry. `deploy/check.sh`
 //! runs `systemd-analyze` on the unit.
 //!
-//! Live, with `cargo test --release --test deploy -- --include-ignored` (root, Docker,
-//! debootstrap, cargo-deb; see the "Live" section below and deploy/README.md): the image is
+//! Live, with `bash deploy/test/run.sh` (root; it installs Docker, debootstrap and cargo-deb
+//! when missing; see the "Live" section below and deploy/README.md): the image is
 //! built and run as the README shows, the Kubernetes Pod is emulated from the manifest's own
 //! values, and the Debian package is installed on a machine booting systemd.
 
@@ -1140,12 +1140,14 @@ fn the_dockerfile_needs_no_registry_frontend_and_names_its_bases_by_build_arg() 
 // These need root, a Docker engine (Debian's docker.io), debootstrap and cargo-deb, and take a
 // few minutes, so plain `cargo test` lists them as ignored. CI runs them with
 //
-//     cargo test --release --test deploy -- --include-ignored
+//     bash deploy/test/run.sh
+//
+// which installs what is missing, builds the release binary once and runs
+// `cargo test --test deploy -- --include-ignored` with DEPLOY_TEST_BINARY pointing at it.
 //
 // What they need is made when missing: the engine is started (without a bridge network) and
 // stopped when the test process ends; the base images come from deploy/test/base-images.sh
-// (cached); the image is built from deploy/docker/Dockerfile with the binary these tests were
-// built with (build arg BINARY_FROM=prebuilt; DEPLOY_TEST_IMAGE=TAG uses an image built
+// (cached); the image is built from deploy/docker/Dockerfile with [`binary`] (build arg BINARY_FROM=prebuilt; DEPLOY_TEST_IMAGE=TAG uses an image built
 // otherwise, e.g. from source); the package is made with `cargo deb --no-build`. Every
 // container runs with `--network none` or inside another container's network namespace.
 // A missing tool or an engine that does not start fails the tests; nothing is skipped.
@@ -1299,7 +1301,25 @@ fn base_images() {
     });
 }
 
-/// The image under test, built from the shipped Dockerfile with the binary of this build.
+/// The binary that goes into the image and the package: `DEPLOY_TEST_BINARY` when set
+/// (deploy/test/run.sh builds the release binary once and runs these tests from the debug
+/// build `cargo test` already made), else the one of this build.
+fn binary() -> PathBuf {
+    match std::env::var_os("DEPLOY_TEST_BINARY") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "DEPLOY_TEST_BINARY={} is not a file",
+                path.display()
+            );
+            path
+        }
+        None => PathBuf::from(env!("CARGO_BIN_EXE_sparkify")),
+    }
+}
+
+/// The image under test, built from the shipped Dockerfile with [`binary`].
 fn image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
@@ -1318,11 +1338,7 @@ fn image() -> &'static str {
             ctx.path().join("deploy/docker/healthcheck.sh"),
         )
         .unwrap();
-        fs::copy(
-            env!("CARGO_BIN_EXE_sparkify"),
-            ctx.path().join("target/release/sparkify"),
-        )
-        .unwrap();
+        fs::copy(binary(), ctx.path().join("target/release/sparkify")).unwrap();
         let started = Instant::now();
         let dockerfile = repo().join("deploy/docker/Dockerfile");
         docker_ok(&[
@@ -1345,7 +1361,7 @@ fn image() -> &'static str {
     })
 }
 
-/// The Debian package, made by `cargo deb --no-build` from the binary of this build.
+/// The Debian package, made by `cargo deb --no-build` from [`binary`].
 fn deb() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
@@ -1361,11 +1377,7 @@ fn deb() -> &'static Path {
             .join(format!("deploy-deb-{}", std::process::id()));
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(work.join("target/release")).unwrap();
-        fs::copy(
-            env!("CARGO_BIN_EXE_sparkify"),
-            work.join("target/release/sparkify"),
-        )
-        .unwrap();
+        fs::copy(binary(), work.join("target/release/sparkify")).unwrap();
         let started = Instant::now();
         checked(
             Command::new(cargo)
@@ -1711,7 +1723,7 @@ fn folder_of(files: &[(&PathBuf, String)]) -> tempfile::TempDir {
 }
 
 #[test]
-#[ignore = "needs Docker and debootstrap: cargo test --release --test deploy -- --include-ignored"]
+#[ignore = "needs root and Docker: bash deploy/test/run.sh"]
 fn the_image_builds_offline_runs_as_uid_10001_and_reports_its_version() {
     let image = image();
     assert_eq!(inspect(image, "{{.Config.User}}"), "10001:10001");
@@ -1742,7 +1754,7 @@ fn the_image_builds_offline_runs_as_uid_10001_and_reports_its_version() {
 }
 
 #[test]
-#[ignore = "needs Docker and debootstrap: cargo test --release --test deploy -- --include-ignored"]
+#[ignore = "needs root and Docker: bash deploy/test/run.sh"]
 fn the_readme_container_loads_drops_as_uid_10001_read_only_turns_healthy_and_stops_cleanly() {
     let mut cleanup = Cleanup::default();
     let name = cleanup.container(&unique("readme"));
@@ -1967,7 +1979,7 @@ fn the_readme_container_loads_drops_as_uid_10001_read_only_turns_healthy_and_sto
 }
 
 #[test]
-#[ignore = "needs Docker and debootstrap: cargo test --release --test deploy -- --include-ignored"]
+#[ignore = "needs root and Docker: bash deploy/test/run.sh"]
 fn docker_kill_in_the_middle_of_a_large_load_then_start_gives_the_clean_tables() {
     let mut cleanup = Cleanup::default();
     let name = cleanup.container(&unique("kill"));
@@ -2116,7 +2128,7 @@ fn docker_memory(quantity: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs Docker and debootstrap: cargo test --release --test deploy -- --include-ignored"]
+#[ignore = "needs root and Docker: bash deploy/test/run.sh"]
 fn the_sidecar_pod_loads_the_producers_files_answers_its_probes_and_outlives_the_producer() {
     // Everything below comes from kubernetes/sidecar.yaml: images, commands, environment,
     // mounts, users, security and resources, probe paths and ports, the grace period.
@@ -2554,7 +2566,7 @@ impl Machine {
 }
 
 #[test]
-#[ignore = "needs Docker, debootstrap and cargo-deb: cargo test --release --test deploy -- --include-ignored"]
+#[ignore = "needs root, Docker and cargo-deb: bash deploy/test/run.sh"]
 fn the_deb_installs_a_service_that_loads_drops_restarts_without_reloading_and_removes_cleanly() {
     let m = Machine::boot("deb");
     m.install_package();
@@ -2728,7 +2740,7 @@ fn the_deb_installs_a_service_that_loads_drops_restarts_without_reloading_and_re
 }
 
 #[test]
-#[ignore = "needs Docker, debootstrap and cargo-deb: cargo test --release --test deploy -- --include-ignored"]
+#[ignore = "needs root, Docker and cargo-deb: bash deploy/test/run.sh"]
 fn under_systemd_kill_9_mid_load_restarts_to_the_clean_tables_and_the_watchdog_kills_a_hung_daemon()
 {
     let m = Machine::boot("crash");
@@ -2812,7 +2824,7 @@ fn under_systemd_kill_9_mid_load_restarts_to_the_clean_tables_and_the_watchdog_k
 }
 
 #[test]
-#[ignore = "needs Docker, debootstrap and cargo-deb: cargo test --release --test deploy -- --include-ignored"]
+#[ignore = "needs root, Docker and cargo-deb: bash deploy/test/run.sh"]
 fn under_systemd_a_bad_setting_fails_the_start_once_with_the_reason_and_no_restart_loop() {
     let m = Machine::boot("badconfig");
     m.install_package();

@@ -84,5 +84,12 @@ fi
 echo "== base images"
 bash deploy/test/base-images.sh runtime systemd
 
-echo "== cargo test --release --test deploy -- --include-ignored"
-cargo test --release --locked --test deploy -- --include-ignored
+# The image and the package carry the release binary, built once; the tests themselves are the
+# debug build that `cargo test` has already made.
+echo "== cargo build --release --bin sparkify"
+cargo build --release --locked --bin sparkify
+export DEPLOY_TEST_BINARY="$PWD/${CARGO_TARGET_DIR:-target}/release/sparkify"
+case $CARGO_TARGET_DIR in /*) DEPLOY_TEST_BINARY="$CARGO_TARGET_DIR/release/sparkify" ;; esac
+
+echo "== cargo test --test deploy -- --include-ignored"
+cargo test --locked --test deploy -- --include-ignored
