@@ -340,33 +340,53 @@ pub async fn run(
         });
     }
     drop(chunk_tx);
-    let mut panicked = None;
-    let mut note = |what: &'static str, result: Result<(), tokio::task::JoinError>| {
-        if let Err(e) = result
-            && e.is_panic()
-        {
-            let message = panic_message(e.into_panic());
-            tracing::error!(task = what, panic = %message, "A pipeline task panicked; stopping");
-            shutdown.cancel();
-            panicked.get_or_insert(TaskPanicked {
-                task: what,
-                message,
-            });
-        }
-    };
-    while let Some(r) = readers.join_next().await {
-        note("reader", r);
-    }
+    let mut supervisor = Supervisor::new(shutdown.clone());
+    supervisor.join_all("reader", &mut readers).await;
     // Readers are done, so every chunk sender but the finalizers' is gone: writers drain the
     // queue and stop.
-    while let Some(r) = writers.join_next().await {
-        note("writer", r);
-    }
+    supervisor.join_all("writer", &mut writers).await;
     finalizers.close();
     finalizers.wait().await;
-    match panicked {
-        Some(p) => Err(p),
-        None => Ok(()),
+    supervisor.finish()
+}
+
+/// Joins the pipeline's tasks and turns the first panic among them into the run's error: the
+/// panic is logged, `shutdown` is fired so the other tasks stop taking work, and the tasks
+/// still running are joined all the same.
+struct Supervisor {
+    shutdown: CancellationToken,
+    panicked: Option<TaskPanicked>,
+}
+
+impl Supervisor {
+    fn new(shutdown: CancellationToken) -> Self {
+        Supervisor {
+            shutdown,
+            panicked: None,
+        }
+    }
+
+    async fn join_all(&mut self, what: &'static str, tasks: &mut tokio::task::JoinSet<()>) {
+        while let Some(result) = tasks.join_next().await {
+            if let Err(e) = result
+                && e.is_panic()
+            {
+                let message = panic_message(e.into_panic());
+                tracing::error!(task = what, panic = %message, "A pipeline task panicked; stopping");
+                self.shutdown.cancel();
+                self.panicked.get_or_insert(TaskPanicked {
+                    task: what,
+                    message,
+                });
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), TaskPanicked> {
+        match self.panicked {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
     }
 }
 
@@ -901,4 +921,51 @@ fn deliver(reports: &mpsc::UnboundedSender<FileReport>, report: FileReport) {
         metrics::histogram!("sparkify_file_latency_seconds").record(report.elapsed);
     }
     let _ = reports.send(report);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_panic_stops_the_others_and_is_the_runs_error_never_success() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let stopped = Arc::new(AtomicUsize::new(0));
+        for _ in 0..2 {
+            let (shutdown, stopped) = (shutdown.clone(), stopped.clone());
+            tasks.spawn(async move {
+                shutdown.cancelled().await;
+                stopped.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        tasks.spawn(async { panic!("index out of bounds: the len is 3 but the index is 7") });
+        let mut supervisor = Supervisor::new(shutdown.clone());
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            supervisor.join_all("writer", &mut tasks),
+        )
+        .await
+        .expect("the other tasks were told to stop and were joined");
+        assert!(shutdown.is_cancelled());
+        assert_eq!(stopped.load(Ordering::SeqCst), 2);
+        let err = supervisor.finish().unwrap_err();
+        assert_eq!(err.task, "writer");
+        assert_eq!(
+            err.to_string(),
+            "internal error: a writer task panicked: index out of bounds: the len is 3 but the \
+             index is 7"
+        );
+    }
+
+    #[tokio::test]
+    async fn tasks_that_end_normally_are_success() {
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(async {});
+        let mut supervisor = Supervisor::new(shutdown.clone());
+        supervisor.join_all("reader", &mut tasks).await;
+        assert!(!shutdown.is_cancelled());
+        assert!(supervisor.finish().is_ok());
+    }
 }
