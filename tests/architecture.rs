@@ -344,26 +344,40 @@ impl Crate {
             let from = self.file_module(&path.scope);
             let first = path.segs[0].as_str();
             let declared = &self.scopes[&path.scope];
-            let via_use = match first {
-                "crate" | "super" | "self" => None,
-                _ if declared.children.contains(first) && path.segs.len() > 1 => None,
+            let to = match first {
+                "crate" | "super" | "self" => self.target(&path.scope, &path.segs),
+                _ if declared.children.contains(first) && path.segs.len() > 1 => {
+                    self.target(&path.scope, &path.segs)
+                }
                 _ => match self.leaf_named(&path.scope, first) {
-                    Some(leaf) => Some(leaf),
+                    Some(leaf) => {
+                        let to = self.target(&path.scope, &path.segs);
+                        // The `use` line already stands for an edge out of this module.
+                        let imported = self.target(&path.scope, &leaf.target);
+                        if to == imported && to.as_ref().is_some_and(|t| !within(t, &from)) {
+                            continue;
+                        }
+                        to
+                    }
+                    // A name a glob brought in: the glob's line stands for an edge out of this
+                    // module; a descendant's name counts where it is used.
+                    None if declared.uses.iter().any(|u| u.name.is_none()) => {
+                        let mut abs = path.scope.clone();
+                        abs.extend_from_slice(&path.segs);
+                        let to = self.file_module(&self.resolve(&abs, 0));
+                        if !within(&to, &from) {
+                            continue;
+                        }
+                        Some(to)
+                    }
                     None => continue,
                 },
             };
-            let Some(to) = self.target(&path.scope, &path.segs) else {
+            let Some(to) = to else {
                 continue;
             };
             if to == from {
                 continue;
-            }
-            if let Some(leaf) = via_use {
-                // The `use` line already stands for this edge.
-                let imported = self.target(&path.scope, &leaf.target);
-                if imported.as_ref() == Some(&to) && !within(&to, &from) {
-                    continue;
-                }
             }
             add(&from, &to, path.file, path.line, path.segs.join("::"));
         }
@@ -875,6 +889,26 @@ fn cycle_check_counts_a_folder_using_its_childs_names() {
     assert!(
         report.contains("  store::disk → store    (and back: store → store::disk)\n      src/store/disk.rs:1  use super::Shared\n"),
         "{report}"
+    );
+}
+
+#[test]
+fn cycle_check_counts_a_folder_using_names_its_glob_brought_in() {
+    let mut files = STORE_WITH_A_CHILD;
+    files[1].1 = "pub mod disk;\npub use disk::*;\npub struct Shared;\n\
+                  pub fn open() -> Disk {\n    Disk(Shared)\n}\n";
+    let dir = fake_crate(&files);
+    let graph = analyse(dir.path()).unwrap();
+    assert_eq!(graph.cycles(), [["store", "store::disk"]]);
+    let sites: Vec<_> = graph.edges[&("store".to_owned(), "store::disk".to_owned())]
+        .keys()
+        .collect();
+    assert_eq!(
+        sites,
+        [
+            &("src/store/mod.rs".to_owned(), 4),
+            &("src/store/mod.rs".to_owned(), 5)
+        ]
     );
 }
 
