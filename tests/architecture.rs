@@ -5,7 +5,8 @@
 //! the binary's glue and is left out; inline `mod x { … }` blocks belong to their file's module;
 //! `#[cfg(test)]` code is left out, since tests may use anything). It collects the edges
 //! module → module made by `use` trees and by `crate::`, `super::` and `self::` paths in code,
-//! types and macro arguments. An edge points at the deepest module the path names, and through a
+//! types and macro arguments (not by visibilities such as `pub(super)`, which only say where a
+//! name may be used). An edge points at the deepest module the path names, and through a
 //! re-export to the module that defines the name. A module's edges to its own descendants are
 //! containment, not imports: declaring a child, or re-exporting a child's names from a folder's
 //! `mod.rs`, is no edge; only a name of the child used in the parent's own code is one.
@@ -592,6 +593,10 @@ impl<'ast> Visit<'ast> for Collector<'_> {
         visit::visit_path(self, path);
     }
 
+    /// `pub(super)`, `pub(crate)`, `pub(in path)` say where a name may be used, not what this
+    /// module uses: no edge.
+    fn visit_visibility(&mut self, _: &'ast syn::Visibility) {}
+
     fn visit_macro(&mut self, mac: &'ast syn::Macro) {
         visit::visit_macro(self, mac);
         self.tokens(mac.tokens.clone());
@@ -938,7 +943,7 @@ fn cycle_check_follows_super_paths() {
 }
 
 #[test]
-fn cycle_check_reads_use_trees_inline_modules_and_macros_but_not_tests() {
+fn cycle_check_reads_use_trees_inline_modules_and_macros_but_not_tests_or_visibility() {
     let dir = fake_crate(&[
         (
             "src/lib.rs",
@@ -954,7 +959,11 @@ fn cycle_check_reads_use_trees_inline_modules_and_macros_but_not_tests() {
         ("src/b.rs", "pub struct B;\n"),
         ("src/c.rs", "pub struct C;\n"),
         ("src/d/mod.rs", "pub mod deep;\n"),
-        ("src/d/deep.rs", "pub const VALUE: u8 = 1;\n"),
+        (
+            "src/d/deep.rs",
+            "pub const VALUE: u8 = 1;\npub(super) const NEAR: u8 = 2;\n\
+             pub(crate) const ALL: u8 = 3;\npub(in crate::d) const SOME: u8 = 4;\n",
+        ),
         ("src/e.rs", "pub struct E;\n"),
         ("src/f.rs", "pub const NAME: &str = \"f\";\n"),
     ]);
