@@ -98,6 +98,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         metrics::counter!(name).increment(0);
     }
     metrics::gauge!("sparkify_store_requests_in_flight").set(0.0);
+    for queue in ["files", "chunks"] {
+        metrics::gauge!("sparkify_queue_depth", "queue" => queue).increment(0.0);
+    }
+    // Histograms too: rate() then counts the first writes, not only those after a scrape.
+    let _ = metrics::histogram!("sparkify_write_duration_seconds");
+    let _ = metrics::histogram!("sparkify_file_latency_seconds");
     // Down until the store has answered, so an alert on it fires on a cold-start outage too.
     metrics::gauge!("sparkify_store_up").set(0.0);
     tokio::pin!(shutdown);

@@ -463,3 +463,53 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// The same command, run in a mount namespace of its own where `dir` is a `tmpfs` of `kib`
+/// KiB; with `fill`, a file filling it is written first. The process keeps its PID, so
+/// [`in_namespace_of`] can reach the mount while it runs.
+pub fn on_small_disk(inner: Command, dir: &Path, kib: u32, fill: bool) -> Command {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size={kib}k tmpfs \"$1\" || exit 97\n\
+         {}\n\
+         shift\n\
+         exec \"$@\"",
+        if fill {
+            "cat /dev/zero > \"$1/filler\" 2>/dev/null || true"
+        } else {
+            ""
+        }
+    );
+    let mut c = Command::new("unshare");
+    c.args([
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .arg(dir)
+    .arg(inner.get_program())
+    .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = inner.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+/// Runs a shell line in the mount namespace of process `pid` (absolute paths only).
+pub fn in_namespace_of(pid: u32, line: &str) {
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-U", "-m", "--", "sh", "-c", line])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nsenter {line:?}: {}", stderr(&out));
+}
