@@ -19,14 +19,12 @@
 //!   permanent ones (invalid request, schema mismatch, permissions) fail the call at once so the
 //!   pipeline can fail the file with the reason and go on.
 //!
-//! The parts, in the order a write meets them:
-//! - [`connect`]: credentials, TLS, the execution profile and the session.
-//! - [`schema`]: the keyspace and table CQL, created when configured and always checked.
-//! - [`statements`]: everything prepared at start-up.
-//! - [`write`]: planning a call's plays into per-partition requests, the in-flight limit and the
-//!   retry of each request until it is acknowledged.
-//! - [`ledger`], [`read`]: the ledger table; the three questions, the probe and the dumps.
-//! - [`errors`]: what each driver error means (retry, credentials, schema, refused).
+//! The parts, in the order a write meets them: `connect.rs` (credentials, TLS, the execution
+//! profile and the session), `schema.rs` (the keyspace and table CQL, created when configured and
+//! always checked), `statements.rs` (everything prepared at start-up), `write.rs` (a call's plays
+//! planned into per-partition requests, the in-flight limit, each request retried until it is
+//! acknowledged), `ledger.rs` and `read.rs` (the ledger table; the three questions, the probe and
+//! the dumps), `errors.rs` (what each driver error means: retry, credentials, schema, refused).
 
 mod connect;
 mod errors;
