@@ -72,40 +72,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     }
 
     // Every series exists from the start, so dashboards and alerts see zeros, not gaps.
-    for outcome in [
-        "loaded",
-        "failed",
-        "duplicate",
-        "vanished",
-        "changed",
-        "unreadable",
-        "abandoned",
-    ] {
-        metrics::counter!("sparkify_files_total", "outcome" => outcome).increment(0);
-    }
-    for table in crate::store::TABLES {
-        metrics::counter!("sparkify_rows_written_total", "table" => table).increment(0);
-    }
-    for name in [
-        "sparkify_files_discovered_total",
-        "sparkify_rows_read_total",
-        "sparkify_song_plays_total",
-        "sparkify_rows_skipped_total",
-        "sparkify_rows_rejected_total",
-        "sparkify_values_repaired_total",
-        "sparkify_store_requests_total",
-    ] {
-        metrics::counter!(name).increment(0);
-    }
-    metrics::gauge!("sparkify_store_requests_in_flight").set(0.0);
-    for queue in ["files", "chunks"] {
-        metrics::gauge!("sparkify_queue_depth", "queue" => queue).increment(0.0);
-    }
-    // Histograms too: rate() then counts the first writes, not only those after a scrape.
-    let _ = metrics::histogram!("sparkify_write_duration_seconds");
-    let _ = metrics::histogram!("sparkify_file_latency_seconds");
-    // Down until the store has answered, so an alert on it fires on a cold-start outage too.
-    metrics::gauge!("sparkify_store_up").set(0.0);
+    crate::telemetry::metrics::register_daemon_series(&crate::store::TABLES);
     tokio::pin!(shutdown);
     let store = tokio::select! {
         store = open_store_patiently(&settings, &health) => store?,

@@ -22,6 +22,7 @@ use crate::extract::{ExtractCounts, ExtractOptions, Item, PlayReader, Reject, So
 use crate::ledger::{self, LedgerEntry, Status};
 use crate::rejects::RejectsFile;
 use crate::store::{Store, StoreError, TABLES};
+use crate::telemetry::metrics as m;
 use crate::transform::Transform;
 
 /// A file to load.
@@ -62,6 +63,21 @@ pub enum Outcome {
     Unreadable(String),
     /// Shutdown came first; not ledgered, so it is read again on the next start.
     Abandoned,
+}
+
+impl Outcome {
+    /// The value of the `outcome` label of `sparkify_files_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Loaded => m::LOADED,
+            Outcome::Failed(_) => m::FAILED,
+            Outcome::Duplicate { .. } => m::DUPLICATE,
+            Outcome::Vanished => m::VANISHED,
+            Outcome::Changed => m::CHANGED,
+            Outcome::Unreadable(_) => m::UNREADABLE,
+            Outcome::Abandoned => m::ABANDONED,
+        }
+    }
 }
 
 /// What happened to one file, for the caller to print, log or act on.
@@ -334,7 +350,7 @@ pub async fn run(
                     job = async { jobs.lock().await.recv().await } => job,
                 };
                 let Some(job) = job else { break };
-                metrics::gauge!("sparkify_queue_depth", "queue" => "files").decrement(1.0);
+                metrics::gauge!(m::QUEUE_DEPTH, m::QUEUE => m::QUEUE_FILES).decrement(1.0);
                 ctx.load_file(job).await;
             }
         });
@@ -459,7 +475,7 @@ async fn writer(
             }
             group
         };
-        metrics::gauge!("sparkify_queue_depth", "queue" => "chunks").decrement(group.len() as f64);
+        metrics::gauge!(m::QUEUE_DEPTH, m::QUEUE => m::QUEUE_CHUNKS).decrement(group.len() as f64);
         let mut plays = std::mem::take(&mut buffer);
         plays.reserve(group.iter().map(|c| c.plays.len()).sum());
         for c in &mut group {
@@ -470,7 +486,7 @@ async fn writer(
         let started = Instant::now();
         let plays = Arc::new(plays);
         let result = store.write(plays.clone(), &shutdown).await;
-        metrics::histogram!("sparkify_write_duration_seconds").record(started.elapsed());
+        metrics::histogram!(m::WRITE_DURATION).record(started.elapsed());
         // The store holds no reference once it has answered; if it did, a new buffer is made.
         if let Ok(mut plays) = Arc::try_unwrap(plays) {
             plays.clear();
@@ -479,8 +495,7 @@ async fn writer(
         match &result {
             Ok(stats) => {
                 for (table, rows) in TABLES.iter().zip(stats.rows) {
-                    metrics::counter!("sparkify_rows_written_total", "table" => *table)
-                        .increment(rows);
+                    metrics::counter!(m::ROWS_WRITTEN, m::TABLE => *table).increment(rows);
                 }
                 tracing::debug!(
                     plays = n,
@@ -831,7 +846,7 @@ impl ReaderContext {
                 if sent.is_err() {
                     return false;
                 }
-                metrics::gauge!("sparkify_queue_depth", "queue" => "chunks").increment(1.0);
+                metrics::gauge!(m::QUEUE_DEPTH, m::QUEUE => m::QUEUE_CHUNKS).increment(1.0);
                 state.chunks_sent += 1;
                 true
             }
@@ -897,28 +912,18 @@ async fn wait_until_settled(path: &Path, settle: Duration, shutdown: &Cancellati
 
 /// Counts a finished file in the metrics and hands its report to the caller.
 fn deliver(reports: &mpsc::UnboundedSender<FileReport>, report: FileReport) {
-    let outcome = match &report.outcome {
-        Outcome::Loaded => "loaded",
-        Outcome::Failed(_) => "failed",
-        Outcome::Duplicate { .. } => "duplicate",
-        Outcome::Vanished => "vanished",
-        Outcome::Changed => "changed",
-        Outcome::Unreadable(_) => "unreadable",
-        Outcome::Abandoned => "abandoned",
-    };
-    metrics::counter!("sparkify_files_total", "outcome" => outcome).increment(1);
+    metrics::counter!(m::FILES, m::OUTCOME => report.outcome.label()).increment(1);
     if matches!(report.outcome, Outcome::Loaded | Outcome::Failed(_)) {
         let c = report.counts;
-        metrics::counter!("sparkify_rows_read_total").increment(c.rows);
-        metrics::counter!("sparkify_song_plays_total").increment(c.plays);
-        metrics::counter!("sparkify_rows_skipped_total").increment(c.skipped);
-        metrics::counter!("sparkify_rows_rejected_total").increment(c.rejected);
-        metrics::counter!("sparkify_values_repaired_total").increment(report.repaired);
+        metrics::counter!(m::ROWS_READ).increment(c.rows);
+        metrics::counter!(m::SONG_PLAYS).increment(c.plays);
+        metrics::counter!(m::ROWS_SKIPPED).increment(c.skipped);
+        metrics::counter!(m::ROWS_REJECTED).increment(c.rejected);
+        metrics::counter!(m::VALUES_REPAIRED).increment(report.repaired);
     }
     if report.outcome == Outcome::Loaded {
-        metrics::gauge!("sparkify_last_load_timestamp_seconds")
-            .set(ledger::now_ms() as f64 / 1000.0);
-        metrics::histogram!("sparkify_file_latency_seconds").record(report.elapsed);
+        metrics::gauge!(m::LAST_LOAD_TIMESTAMP).set(ledger::now_ms() as f64 / 1000.0);
+        metrics::histogram!(m::FILE_LATENCY).record(report.elapsed);
     }
     let _ = reports.send(report);
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{WatchMode, WatchSettings};
 use crate::extract::{is_ignored_name, warn_unreadable};
 use crate::pipeline::FileJob;
+use crate::telemetry::metrics as m;
 
 /// A message from the rest of the daemon to the watcher.
 #[derive(Debug)]
@@ -490,8 +491,8 @@ async fn queue_all(
 ) -> bool {
     for path in paths {
         tracing::info!(file = %path.display(), "Taking file");
-        metrics::counter!("sparkify_files_discovered_total").increment(1);
-        metrics::gauge!("sparkify_queue_depth", "queue" => "files").increment(1.0);
+        metrics::counter!(m::FILES_DISCOVERED).increment(1);
+        metrics::gauge!(m::QUEUE_DEPTH, m::QUEUE => m::QUEUE_FILES).increment(1.0);
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             sent = jobs.send(FileJob::new(path)) => if sent.is_err() { return false },

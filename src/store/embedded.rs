@@ -27,6 +27,7 @@ use super::{
 use crate::config::EmbeddedSettings;
 use crate::extract::{ExtractCounts, SongPlay};
 use crate::ledger::{LedgerEntry, Status};
+use crate::telemetry::metrics as m;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration when tables change.
 const SCHEMA_VERSION: i64 = 1;
@@ -546,7 +547,7 @@ impl EmbeddedStore {
             match result {
                 Ok(mut stats) => {
                     self.health.succeeded();
-                    metrics::counter!("sparkify_store_requests_total").increment(stats.requests);
+                    metrics::counter!(m::STORE_REQUESTS).increment(stats.requests);
                     stats.retries = backoff.attempts();
                     return Ok(stats);
                 }
@@ -554,8 +555,7 @@ impl EmbeddedStore {
                     self.health.failed(&e)?;
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Write to the embedded store failed; retrying");
-                    metrics::counter!("sparkify_store_retries_total", "cause" => "unavailable")
-                        .increment(1);
+                    metrics::counter!(m::STORE_RETRIES, m::CAUSE => "unavailable").increment(1);
                     tokio::select! {
                         _ = cancel.cancelled() => return Err(StoreError::Abandoned),
                         _ = tokio::time::sleep(delay) => {}

@@ -12,6 +12,7 @@ use super::statements::Table;
 use super::{CassandraStore, LEDGER_PATIENCE, QUERY_PATIENCE};
 use crate::retry::Backoff;
 use crate::store::{ListenerAnswer, SessionAnswer, StoreError, TABLES, UserAnswer, dump_line};
+use crate::telemetry::metrics as m;
 
 impl CassandraStore {
     /// Runs `op` again after transient failures, for up to `patience`.
@@ -31,7 +32,7 @@ impl CassandraStore {
             Duration::from_millis(self.settings.retry_max_ms),
         );
         loop {
-            metrics::counter!("sparkify_store_requests_total").increment(1);
+            metrics::counter!(m::STORE_REQUESTS).increment(1);
             let (failure, detail) = match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -39,8 +40,7 @@ impl CassandraStore {
             let delay = backoff.next_delay();
             match failure {
                 Failure::Transient(cause) if started.elapsed() + delay < patience => {
-                    metrics::counter!("sparkify_store_retries_total", "cause" => cause)
-                        .increment(1);
+                    metrics::counter!(m::STORE_RETRIES, m::CAUSE => cause).increment(1);
                     tracing::debug!(cause, error = %detail, what, "Retrying a store request");
                     tokio::time::sleep(delay).await;
                 }

@@ -22,6 +22,7 @@ use super::statements::Table;
 use crate::extract::SongPlay;
 use crate::retry::Backoff;
 use crate::store::{StoreError, TABLES, WriteStats};
+use crate::telemetry::metrics as m;
 
 /// One request of a write: rows (indexes into the call's plays) of one partition of one table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +152,7 @@ impl CassandraStore {
                     .expect("the semaphore is never closed");
                 let _in_flight = InFlight::start();
                 tally.requests.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("sparkify_store_requests_total").increment(1);
+                metrics::counter!(m::STORE_REQUESTS).increment(1);
                 self.send(plays, request).await
             };
             let error = match result {
@@ -177,7 +178,7 @@ impl CassandraStore {
                 return Err(StoreError::Abandoned);
             }
             tally.retries.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("sparkify_store_retries_total", "cause" => cause).increment(1);
+            metrics::counter!(m::STORE_RETRIES, m::CAUSE => cause).increment(1);
             let delay = backoff.next_delay();
             if !tally.warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(cause, error = %error, retry_in_ms = delay.as_millis() as u64, "Store request failed; retrying with backoff");
@@ -247,14 +248,14 @@ struct InFlight;
 
 impl InFlight {
     fn start() -> InFlight {
-        metrics::gauge!("sparkify_store_requests_in_flight").increment(1.0);
+        metrics::gauge!(m::STORE_REQUESTS_IN_FLIGHT).increment(1.0);
         InFlight
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("sparkify_store_requests_in_flight").decrement(1.0);
+        metrics::gauge!(m::STORE_REQUESTS_IN_FLIGHT).decrement(1.0);
     }
 }
 

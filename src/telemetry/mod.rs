@@ -3,7 +3,10 @@
 //! Every stage reports through the `metrics` facade (counters cost nothing when no recorder is
 //! installed, as in one-shot commands); the daemon installs a Prometheus recorder and serves
 //! `/metrics`, `/healthz` (the process and its tasks are running) and `/readyz` (the store
-//! answers and the watcher is running) on `telemetry.http_addr`.
+//! answers and the watcher is running) on `telemetry.http_addr`. Every metric's name, labels,
+//! help text and start-up series are in [`metrics`].
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -86,7 +89,7 @@ impl Health {
     /// The store answered.
     pub fn store_up(&self) {
         if !self.store_ok.swap(true, Ordering::Relaxed) {
-            metrics::gauge!("sparkify_store_up").set(1.0);
+            ::metrics::gauge!(metrics::STORE_UP).set(1.0);
         }
     }
 
@@ -94,7 +97,7 @@ impl Health {
     pub fn store_down(&self, reason: &str) {
         *self.store_problem.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
         if self.store_ok.swap(false, Ordering::Relaxed) {
-            metrics::gauge!("sparkify_store_up").set(0.0);
+            ::metrics::gauge!(metrics::STORE_UP).set(0.0);
         }
     }
 
@@ -139,82 +142,9 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ])?
         .install_recorder()?;
-    describe_metrics();
+    metrics::describe();
     let _ = HANDLE.set(handle.clone());
     Ok(handle)
-}
-
-fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "sparkify_files_discovered_total",
-        "Complete files handed to the pipeline"
-    );
-    describe_counter!(
-        "sparkify_files_total",
-        "Files finished, by outcome: loaded, failed, duplicate (content already loaded), vanished, changed (while read), unreadable (a local reason), abandoned"
-    );
-    describe_counter!("sparkify_rows_read_total", "Records read after the header");
-    describe_counter!("sparkify_song_plays_total", "Valid song plays read");
-    describe_counter!(
-        "sparkify_rows_skipped_total",
-        "Events that are not song plays"
-    );
-    describe_counter!(
-        "sparkify_rows_rejected_total",
-        "Song plays sent to a rejects file"
-    );
-    describe_counter!(
-        "sparkify_values_repaired_total",
-        "Text values repaired (multiply-encoded UTF-8)"
-    );
-    describe_counter!(
-        "sparkify_rows_written_total",
-        "Rows acknowledged by the store, by table"
-    );
-    describe_counter!(
-        "sparkify_store_retries_total",
-        "Store requests retried, by cause"
-    );
-    describe_counter!(
-        "sparkify_store_requests_total",
-        "Requests sent to the store"
-    );
-    describe_histogram!(
-        "sparkify_write_duration_seconds",
-        Unit::Seconds,
-        "Time for one group of plays to be acknowledged by the store, retries included"
-    );
-    describe_histogram!(
-        "sparkify_file_latency_seconds",
-        Unit::Seconds,
-        "From a file found complete to its ledger entry"
-    );
-    describe_gauge!(
-        "sparkify_store_requests_in_flight",
-        "Store requests outstanding"
-    );
-    describe_gauge!(
-        "sparkify_queue_depth",
-        "Items waiting, by queue: files, chunks"
-    );
-    describe_gauge!(
-        "sparkify_last_load_timestamp_seconds",
-        Unit::Seconds,
-        "Unix time of the last file loaded"
-    );
-    describe_counter!(
-        "sparkify_http_connections_evicted_total",
-        "Idle HTTP connections closed to make room for a new one (telemetry.http_max_connections)"
-    );
-    describe_counter!(
-        "sparkify_http_connections_refused_total",
-        "HTTP connections closed at once: every open one was answering a request"
-    );
-    describe_gauge!(
-        "sparkify_store_up",
-        "1 when the store answers, 0 during an outage"
-    );
 }
 
 #[derive(Clone)]
@@ -302,7 +232,7 @@ impl Slots {
             if let Some(evicted) = open.remove(idle) {
                 evicted.close.cancel();
             }
-            metrics::counter!("sparkify_http_connections_evicted_total").increment(1);
+            ::metrics::counter!(metrics::HTTP_CONNECTIONS_EVICTED).increment(1);
         }
         let slot = Slot {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -350,8 +280,7 @@ pub async fn serve_http(
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     let slots = Arc::new(Slots::default());
-    metrics::counter!("sparkify_http_connections_evicted_total").increment(0);
-    metrics::counter!("sparkify_http_connections_refused_total").increment(0);
+    metrics::register_http_series();
     tokio::spawn(async move {
         let mut last_warning: Option<tokio::time::Instant> = None;
         loop {
@@ -372,7 +301,7 @@ pub async fn serve_http(
                 }
             };
             let Some((id, close, busy)) = slots.admit(limits.max_connections) else {
-                metrics::counter!("sparkify_http_connections_refused_total").increment(1);
+                ::metrics::counter!(metrics::HTTP_CONNECTIONS_REFUSED).increment(1);
                 drop(stream);
                 continue;
             };
