@@ -73,7 +73,7 @@ Exit codes: 0 success; 1 data problems (a file failed, rejected rows under --str
 found problems); 2 bad usage or configuration; 3 the store could not be used; 130 interrupted.
 
 Examples:
-  sparkify ingest event_data/               load every *.csv under event_data/
+  sparkify ingest event_data/               load every *.csv (.gz, .zst) under event_data/
   sparkify query session 338 4              the song at item 4 of session 338
   sparkify query user 10 182                what user 10 played in session 182
   sparkify query song 'All Hands Against His Own'
@@ -113,7 +113,7 @@ into place; files closed after writing or unchanged for watch.settle_ms are take
 SIGTERM or SIGINT stops taking files and exits 0 once in-flight work is acknowledged or
 abandoned (within pipeline.shutdown_timeout_secs); a second signal exits at once.")]
     Run(RunArgs),
-    /// Load files or folders (recursively, *.csv) once, then exit.
+    /// Load files or folders (recursively: *.csv, *.csv.gz, *.csv.zst) once, then exit.
     #[command(after_help = "\
 Examples:
   sparkify ingest event_data/
@@ -450,7 +450,7 @@ pub fn report_line(r: &FileReport) -> String {
 }
 
 async fn ingest(settings: &Settings, args: IngestArgs) -> anyhow::Result<u8> {
-    let files = collect_inputs(&args.paths).map_err(|e| Failure {
+    let files = collect_inputs(&args.paths, &settings.watch.pattern).map_err(|e| Failure {
         code: EXIT_CONFIG,
         message: format!("cannot list the inputs: {e}"),
     })?;
@@ -718,7 +718,7 @@ fn describe_reject(r: &crate::extract::Reject) -> String {
 }
 
 async fn extract_command(settings: &Settings, args: ExtractArgs) -> anyhow::Result<u8> {
-    let files = collect_inputs(&args.paths)?;
+    let files = collect_inputs(&args.paths, &settings.watch.pattern)?;
     let out: Box<dyn Write> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
@@ -800,7 +800,7 @@ async fn extract_command(settings: &Settings, args: ExtractArgs) -> anyhow::Resu
 }
 
 async fn validate_command(settings: &Settings, args: ValidateArgs) -> anyhow::Result<u8> {
-    let files = collect_inputs(&args.paths)?;
+    let files = collect_inputs(&args.paths, &settings.watch.pattern)?;
     let options = ExtractOptions::from(&settings.extract);
     let transform = Transform {
         repair_mojibake: settings.transform.repair_mojibake,
@@ -873,6 +873,8 @@ async fn status_command(settings: &Settings, args: StatusArgs) -> anyhow::Result
                 "rejected",
                 "repaired",
                 "size",
+                "codec",
+                "decompressed_size",
                 "recorded_at",
                 "content_hash",
                 "reason",
@@ -892,6 +894,8 @@ async fn status_command(settings: &Settings, args: StatusArgs) -> anyhow::Result
                         e.counts.rejected.to_string(),
                         e.repaired.to_string(),
                         e.size.to_string(),
+                        e.codec.as_str().to_string(),
+                        e.decompressed_size.to_string(),
                         e.recorded_at(),
                         if args.format == Format::Table {
                             e.content_hash.chars().take(12).collect()

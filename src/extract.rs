@@ -2,11 +2,13 @@
 //!
 //! Sits between discovery (a file job from `watch` or the `ingest` command) and the writers.
 //! The file is never loaded whole: `csv_async` parses it through a fixed-size buffer and each
-//! record is looked at once. Columns are found by header name (case, surrounding spaces and a
+//! record is looked at once. A gzip or zstd file (told by its first bytes, whatever its name) is
+//! decompressed on the way, in the same stream, so it reads exactly like the plain file: same
+//! lines, rows, rejects and repairs. Columns are found by header name (case, surrounding spaces and a
 //! UTF-8 BOM do not matter; order and extra columns do not either). Every record ends up as
 //! exactly one of: a song play, a skipped non-song event, or a [`Reject`] with its line, column,
-//! value and reason. Only a file-level problem (unreadable, no header, missing columns) stops
-//! the file.
+//! value and reason. Only a file-level problem (unreadable, no header, missing columns,
+//! compressed data that is damaged, cut short or expands past its bound) stops the file.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,84 @@ pub const REQUIRED_COLUMNS: [&str; 8] = [
     "firstName",
     "lastName",
 ];
+
+pub use crate::config::DEFAULT_PATTERN;
+
+/// The matcher of a `watch.pattern` glob, on file names, ignoring case (`A.CSV.GZ` is taken).
+pub fn input_matcher(pattern: &str) -> Result<globset::GlobMatcher, globset::Error> {
+    Ok(globset::GlobBuilder::new(pattern)
+        .case_insensitive(true)
+        .build()?
+        .compile_matcher())
+}
+
+/// How a file's bytes are stored. Told by the first bytes of the file (its magic number),
+/// never by its name: a gzip file named `.csv` is decompressed, a plain file named `.csv.gz`
+/// is read as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Plain text.
+    #[default]
+    None,
+    /// gzip (RFC 1952), any number of members one after the other (`cat a.gz b.gz`, pigz).
+    Gzip,
+    /// Zstandard, any number of frames one after the other.
+    Zstd,
+}
+
+impl Codec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    /// The codec a ledger entry names; anything unknown is read as plain.
+    pub fn parse(s: &str) -> Codec {
+        match s {
+            "gzip" => Codec::Gzip,
+            "zstd" => Codec::Zstd,
+            _ => Codec::None,
+        }
+    }
+
+    /// The codec of a file that starts with `start` (its first 4 bytes or fewer).
+    pub fn of_magic(start: &[u8]) -> Codec {
+        if start.starts_with(b"\x1f\x8b") {
+            Codec::Gzip
+        } else if start.starts_with(b"\x28\xb5\x2f\xfd") {
+            Codec::Zstd
+        } else {
+            Codec::None
+        }
+    }
+
+    /// The codec of the file at `path`, from its first bytes.
+    pub fn of_file(path: &Path) -> io::Result<Codec> {
+        Ok(Codec::of_magic(&magic_of(&crate::identity::open_regular(
+            path,
+        )?)?))
+    }
+}
+
+/// The first 4 bytes of a file (fewer if it is shorter), read without moving its offset.
+fn magic_of(file: &std::fs::File) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut magic = [0u8; 4];
+    let mut got = 0;
+    while got < magic.len() {
+        match file.read_at(&mut magic[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(magic[..got].to_vec())
+}
 
 /// The page value of a song play.
 pub const SONG_PAGE: &str = "NextSong";
@@ -141,6 +221,13 @@ pub enum FileError {
         columns: usize,
         bound: usize,
     },
+    /// The compressed data is damaged, cut short or expands past
+    /// `extract.max_decompressed_bytes`: the file fails as a whole.
+    #[error("{path}: {problem}")]
+    Compressed {
+        path: PathBuf,
+        problem: CompressedProblem,
+    },
     /// The header line is longer than any record may be.
     #[error(
         "{path}: line 1: the header is over {bound} bytes long (extract.max_record_bytes); it starts: {start}{}",
@@ -190,12 +277,81 @@ fn shown_within(raw: &[u8], max_chars: usize) -> String {
     text
 }
 
+/// What is wrong with a compressed file, and where: the byte offset is in the file as stored,
+/// the line in its decompressed text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct CompressedProblem {
+    pub codec: Codec,
+    pub kind: CompressedProblemKind,
+    /// Byte of the stored file the decoder had reached.
+    pub offset: u64,
+    /// Line of the decompressed text the parser had reached (0 before the first line ended).
+    pub line: u64,
+    /// What the decoder said.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressedProblemKind {
+    /// The stored file ends in the middle of the compressed data.
+    Truncated,
+    /// The compressed data is not valid (bad header, bad block, checksum mismatch, garbage
+    /// after the last member or frame).
+    Corrupt,
+    /// The decompressed text is longer than `extract.max_decompressed_bytes`.
+    TooLarge { bound: u64 },
+    /// A zstd frame asks for a larger window than a reader may take (see
+    /// `ZSTD_WINDOW_LOG_MAX`).
+    WindowTooLarge,
+}
+
+impl std::fmt::Display for CompressedProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let codec = self.codec.as_str();
+        let at = self.offset;
+        let line = if self.line > 0 {
+            format!(" (line {})", self.line)
+        } else {
+            String::new()
+        };
+        match self.kind {
+            CompressedProblemKind::Truncated => write!(
+                f,
+                "{codec} stream ends early at byte {at}{line}: the file is truncated"
+            ),
+            CompressedProblemKind::Corrupt => write!(
+                f,
+                "{codec} data is corrupt at byte {at}{line}: {}",
+                self.detail
+            ),
+            CompressedProblemKind::TooLarge { bound } => write!(
+                f,
+                "{codec} data expands past {bound} bytes (extract.max_decompressed_bytes) at byte {at}{line}"
+            ),
+            CompressedProblemKind::WindowTooLarge => write!(
+                f,
+                "{codec} data at byte {at}{line} needs a window of over {} MiB, more than a reader \
+                 may take (made with zstd --long or --ultra); compress it again without",
+                (1u64 << ZSTD_WINDOW_LOG_MAX) >> 20
+            ),
+        }
+    }
+}
+
 impl FileError {
     /// The error for a failed read of `path`.
     fn from_io(path: &Path, source: io::Error) -> FileError {
         if source.get_ref().is_some_and(|e| e.is::<ChangedWhileRead>()) {
             FileError::Changed {
                 path: path.to_path_buf(),
+            }
+        } else if let Some(problem) = source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<CompressedProblem>())
+        {
+            FileError::Compressed {
+                path: path.to_path_buf(),
+                problem: problem.clone(),
             }
         } else {
             FileError::Io {
@@ -254,6 +410,8 @@ pub struct ExtractOptions {
     pub read_buffer_bytes: usize,
     /// Records with more fields than this are rejected; headers with more columns fail.
     pub max_fields: usize,
+    /// A compressed file that expands past this many bytes fails.
+    pub max_decompressed_bytes: u64,
     /// Also keep gender, level and location.
     pub keep_profile: bool,
 }
@@ -265,6 +423,7 @@ impl Default for ExtractOptions {
             max_record_bytes: d.max_record_bytes,
             read_buffer_bytes: d.read_buffer_bytes,
             max_fields: d.max_fields,
+            max_decompressed_bytes: d.max_decompressed_bytes,
             keep_profile: false,
         }
     }
@@ -276,6 +435,7 @@ impl From<&crate::config::ExtractSettings> for ExtractOptions {
             max_record_bytes: s.max_record_bytes,
             read_buffer_bytes: s.read_buffer_bytes,
             max_fields: s.max_fields,
+            max_decompressed_bytes: s.max_decompressed_bytes,
             keep_profile: false,
         }
     }
@@ -377,6 +537,10 @@ struct GuardState {
     truncated: AtomicBool,
     /// The identity of exactly the bytes parsed, once the end of the file was reached.
     content: std::sync::Mutex<Option<crate::identity::Fingerprint>>,
+    /// Bytes of the file read so far, as stored (compressed or not).
+    stored: AtomicU64,
+    /// Bytes of text the file gave so far: decompressed, or as stored for a plain file.
+    text: AtomicU64,
 }
 
 /// Keeps one runaway record (an unclosed quote, a file of binary junk with no line breaks)
@@ -460,6 +624,8 @@ struct BlockingFile {
     opened: (u64, Option<std::time::SystemTime>),
     hasher: blake3::Hasher,
     read: u64,
+    /// Set once a read failed: an error seen above it is the file's, not the decoder's.
+    failed: bool,
     state: Arc<GuardState>,
 }
 
@@ -481,6 +647,7 @@ impl BlockingFile {
             opened: file_stamp(&meta),
             hasher: blake3::Hasher::new(),
             read: 0,
+            failed: false,
             state,
         })
     }
@@ -508,13 +675,16 @@ impl AsyncRead for BlockingFile {
                     let fresh = &buf.initialize_unfilled()[..n];
                     this.hasher.update(fresh);
                     this.read += n as u64;
+                    this.state.stored.store(this.read, Ordering::Relaxed);
                     // Checked after the read: bytes read before a change are the old content;
                     // bytes read after it are never handed on.
                     if let Err(e) = this.unchanged() {
+                        this.failed = true;
                         return Poll::Ready(Err(e));
                     }
                     if n == 0 {
                         if this.read != this.opened.0 {
+                            this.failed = true;
                             return Poll::Ready(Err(io::Error::other(ChangedWhileRead)));
                         }
                         let mut content =
@@ -528,7 +698,182 @@ impl AsyncRead for BlockingFile {
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) => {
+                    this.failed = true;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Compressed bytes read from the file ahead of the decoder: large enough that the decoder
+/// rarely waits for the disk, small next to the parser's buffer.
+const COMPRESSED_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Largest zstd window accepted, as a power of two: 8 MiB, what `zstd` uses up to level 19.
+/// A frame that asks for more (`--long`, `--ultra -20` and above) fails its file instead of
+/// taking up to 2 GiB of memory.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+type Compressed = tokio::io::BufReader<BlockingFile>;
+
+/// The file's text as the parser sees it: the bytes as stored, or decompressed on the way.
+enum Source {
+    Plain(BlockingFile),
+    Gzip(Decompressing<async_compression::tokio::bufread::GzipDecoder<Compressed>>),
+    Zstd(Decompressing<async_compression::tokio::bufread::ZstdDecoder<Compressed>>),
+}
+
+impl Source {
+    fn new(file: BlockingFile, codec: Codec, bound: u64) -> Source {
+        let input = tokio::io::BufReader::with_capacity(COMPRESSED_BUFFER_BYTES, file);
+        match codec {
+            Codec::None => Source::Plain(input.into_inner()),
+            Codec::Gzip => {
+                let mut d = async_compression::tokio::bufread::GzipDecoder::new(input);
+                // Otherwise the decoder stops after the first member and the rest of a
+                // concatenated file (`cat a.gz b.gz`, pigz, rotated logs) is lost silently.
+                d.multiple_members(true);
+                Source::Gzip(Decompressing::new(d, codec, bound))
+            }
+            Codec::Zstd => {
+                let mut d = async_compression::tokio::bufread::ZstdDecoder::with_params(
+                    input,
+                    &[async_compression::zstd::DParameter::window_log_max(
+                        ZSTD_WINDOW_LOG_MAX,
+                    )],
+                );
+                // Every frame, not just the first.
+                d.multiple_members(true);
+                Source::Zstd(Decompressing::new(d, codec, bound))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Source {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Source::Plain(f) => {
+                let before = buf.filled().len();
+                let polled = Pin::new(&mut *f).poll_read(cx, buf);
+                let got = (buf.filled().len() - before) as u64;
+                f.state.text.fetch_add(got, Ordering::Relaxed);
+                polled
+            }
+            Source::Gzip(d) => Pin::new(d).poll_read(cx, buf),
+            Source::Zstd(d) => Pin::new(d).poll_read(cx, buf),
+        }
+    }
+}
+
+/// A decoder of `async-compression` over the file, its errors turned into a
+/// [`CompressedProblem`] naming the byte of the file where it stopped, and its output bounded
+/// by `extract.max_decompressed_bytes`.
+struct Decompressing<D> {
+    decoder: D,
+    codec: Codec,
+    /// Bytes decompressed so far.
+    out: u64,
+    bound: u64,
+}
+
+/// Access to the compressed input under a decoder.
+trait Decoder: AsyncRead + Unpin {
+    fn input(&self) -> &Compressed;
+}
+
+impl Decoder for async_compression::tokio::bufread::GzipDecoder<Compressed> {
+    fn input(&self) -> &Compressed {
+        self.get_ref()
+    }
+}
+
+impl Decoder for async_compression::tokio::bufread::ZstdDecoder<Compressed> {
+    fn input(&self) -> &Compressed {
+        self.get_ref()
+    }
+}
+
+impl<D: Decoder> Decompressing<D> {
+    fn new(decoder: D, codec: Codec, bound: u64) -> Self {
+        Decompressing {
+            decoder,
+            codec,
+            out: 0,
+            bound,
+        }
+    }
+
+    /// Byte of the stored file the decoder has consumed up to.
+    fn offset(&self) -> u64 {
+        let input = self.decoder.input();
+        input.get_ref().read - input.buffer().len() as u64
+    }
+
+    fn problem(&self, kind: CompressedProblemKind, detail: String) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            CompressedProblem {
+                codec: self.codec,
+                kind,
+                offset: self.offset(),
+                line: 0,
+                detail,
+            },
+        )
+    }
+}
+
+impl<D: Decoder> AsyncRead for Decompressing<D> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.decoder).poll_read(cx, buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                let got = (buf.filled().len() - before) as u64;
+                this.out += got;
+                this.decoder
+                    .input()
+                    .get_ref()
+                    .state
+                    .text
+                    .store(this.out, Ordering::Relaxed);
+                if this.out > this.bound {
+                    buf.set_filled(before);
+                    let bound = this.bound;
+                    return Poll::Ready(Err(
+                        this.problem(CompressedProblemKind::TooLarge { bound }, String::new())
+                    ));
+                }
+                Poll::Ready(Ok(()))
+            }
+            // The file's own failure (changed while read, an I/O error) passes as it is.
+            Poll::Ready(Err(e)) if this.decoder.input().get_ref().failed => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => {
+                let kind = if e.kind() == io::ErrorKind::UnexpectedEof {
+                    CompressedProblemKind::Truncated
+                } else {
+                    CompressedProblemKind::Corrupt
+                };
+                let detail = e.to_string();
+                // libzstd's words for a frame over the window bound.
+                let kind = if this.codec == Codec::Zstd && detail.contains("too much memory") {
+                    CompressedProblemKind::WindowTooLarge
+                } else {
+                    kind
+                };
+                Poll::Ready(Err(this.problem(kind, detail)))
             }
         }
     }
@@ -584,19 +929,43 @@ fn csv_io_error(e: csv_async::Error) -> io::Error {
     }
 }
 
-type Parser = csv_async::AsyncReader<Guard<BlockingFile>>;
+type Parser = csv_async::AsyncReader<Guard<Source>>;
+
+/// The line the parser stands at, in an error that a compressed file's damage caused.
+fn with_line(e: io::Error, line: u64) -> io::Error {
+    if !e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<CompressedProblem>())
+    {
+        return e;
+    }
+    let kind = e.kind();
+    match e
+        .into_inner()
+        .map(|inner| inner.downcast::<CompressedProblem>())
+    {
+        Some(Ok(mut problem)) => {
+            problem.line = line;
+            io::Error::new(kind, *problem)
+        }
+        Some(Err(inner)) => io::Error::new(kind, inner),
+        None => io::Error::from(kind),
+    }
+}
 
 /// Opens `path` for parsing and reads its header.
 async fn open_parser(
     path: &Path,
     options: &ExtractOptions,
     guard: &Arc<GuardState>,
-) -> Result<(Parser, Columns), FileError> {
+) -> Result<(Parser, Columns, Codec), FileError> {
     let io_err = |source| FileError::Io {
         path: path.to_path_buf(),
         source,
     };
     let file = BlockingFile::open(path, guard.clone()).map_err(io_err)?;
+    let codec = Codec::of_magic(&magic_of(&file.file).map_err(io_err)?);
+    let source = Source::new(file, codec, options.max_decompressed_bytes);
     let limit = (options.max_record_bytes + options.read_buffer_bytes) as u64;
     // Records end at '\n' only: with the default CRLF terminator the parser reports the line
     // of a record that follows "\r\n" one too low. The '\r' left at the end of the last field
@@ -607,7 +976,7 @@ async fn open_parser(
         .terminator(csv_async::Terminator::Any(b'\n'))
         .buffer_capacity(options.read_buffer_bytes)
         .create_reader(Guard {
-            inner: file,
+            inner: source,
             state: guard.clone(),
             limit,
             skipping: false,
@@ -616,7 +985,7 @@ async fn open_parser(
     let has_header = csv
         .read_byte_record(&mut header)
         .await
-        .map_err(|e| FileError::from_io(path, csv_io_error(e)))?;
+        .map_err(|e| FileError::from_io(path, with_line(csv_io_error(e), 1)))?;
     if !has_header {
         return Err(FileError::Empty {
             path: path.to_path_buf(),
@@ -636,7 +1005,7 @@ async fn open_parser(
         .boundary
         .store(csv.position().byte(), Ordering::Relaxed);
     guard.truncated.store(false, Ordering::Relaxed);
-    Ok((csv, columns))
+    Ok((csv, columns, codec))
 }
 
 /// The parsing loop of one file: `csv_async` records, in batches, at most [`BATCHES_AHEAD`]
@@ -696,7 +1065,8 @@ async fn parse_records(
                     break;
                 }
                 Err(e) => {
-                    end = Some(Err(csv_io_error(e)));
+                    let line = csv.position().line();
+                    end = Some(Err(with_line(csv_io_error(e), line)));
                     break;
                 }
             }
@@ -731,6 +1101,7 @@ pub struct PlayReader {
     at: usize,
     guard: Arc<GuardState>,
     columns: Columns,
+    codec: Codec,
     options: ExtractOptions,
     counts: ExtractCounts,
 }
@@ -752,8 +1123,8 @@ impl PlayReader {
         tokio::task::spawn_blocking(move || {
             runtime.block_on(async move {
                 let csv = match open_parser(&thread_path, &thread_options, &thread_guard).await {
-                    Ok((csv, columns)) => {
-                        if opened_tx.send(Ok(columns)).is_err() {
+                    Ok((csv, columns, codec)) => {
+                        if opened_tx.send(Ok((columns, codec))).is_err() {
                             return;
                         }
                         csv
@@ -768,7 +1139,7 @@ impl PlayReader {
                 parse_records(csv, thread_guard, batch_bytes, max_fields, batch_tx, reused).await;
             })
         });
-        let columns = opened.await.unwrap_or_else(|_| {
+        let (columns, codec) = opened.await.unwrap_or_else(|_| {
             Err(FileError::Io {
                 path: path.to_path_buf(),
                 source: io::Error::other("the parsing thread stopped before reading the header"),
@@ -782,9 +1153,21 @@ impl PlayReader {
             at: 0,
             guard,
             columns,
+            codec,
             options: options.clone(),
             counts: ExtractCounts::default(),
         })
+    }
+
+    /// How the file is stored, from its first bytes.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Bytes of text read so far (by the parser, which runs a little ahead): decompressed, or
+    /// as stored for a plain file. The whole text's size once the end was reached.
+    pub fn text_bytes(&self) -> u64 {
+        self.guard.text.load(Ordering::Relaxed)
     }
 
     /// The header as written in the file.
@@ -807,9 +1190,10 @@ impl PlayReader {
             .clone()
     }
 
-    /// Bytes of the file consumed so far (by the parser, which runs a little ahead).
+    /// Bytes of the file read so far, as stored (by the parser, which runs a little ahead):
+    /// what a progress bar over the files' sizes counts.
     pub fn bytes_read(&self) -> u64 {
-        self.guard.delivered.load(Ordering::Relaxed)
+        self.guard.stored.load(Ordering::Relaxed)
     }
 
     /// The next song play or reject; `None` at the end of the file. Non-song events are
@@ -1112,9 +1496,16 @@ pub fn warn_unreadable(
     }
 }
 
-/// Lists the `*.csv` files under each path (files are taken as given, folders recursively),
-/// sorted by path within each folder so loads are reproducible.
-pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+/// Lists the files under each path whose names match `pattern` (`watch.pattern`, by default
+/// `*.csv`, `*.csv.gz` and `*.csv.zst`; ignoring case). Files are taken as given, whatever their
+/// names; folders recursively, sorted by path within each folder so loads are reproducible.
+pub fn collect_inputs(paths: &[PathBuf], pattern: &str) -> io::Result<Vec<PathBuf>> {
+    let matcher = input_matcher(pattern).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("watch.pattern {pattern:?}: {e}"),
+        )
+    })?;
     let mut out = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p)
@@ -1128,7 +1519,8 @@ pub fn collect_inputs(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
                 .filter(|e| e.file_type().is_file())
                 .map(|e| e.into_path())
                 .filter(|p| {
-                    p.extension().is_some_and(|x| x.eq_ignore_ascii_case("csv"))
+                    p.file_name()
+                        .is_some_and(|n| matcher.is_match(Path::new(n)))
                         && !is_ignored_name(p)
                 })
                 .collect();
@@ -1191,6 +1583,7 @@ mod tests {
             read_buffer_bytes: 4096,
             max_fields: 1000,
             keep_profile: false,
+            ..ExtractOptions::default()
         };
         let huge = "x".repeat(200_000);
         let data = format!(
@@ -1212,10 +1605,12 @@ mod tests {
             read_buffer_bytes: 4096,
             max_fields: 1000,
             keep_profile: false,
+            ..ExtractOptions::default()
         };
         // Longer than the bound, and (with no line break at all) than the guard lets through.
+        // (xz: gzip and zstd are decompressed on the way.)
         for size in [3000, 100_000] {
-            let mut data = b"\x1f\x8b\x08\x00".to_vec();
+            let mut data = b"\xfd7zXZ\x00".to_vec();
             data.resize(size, b'z');
             let Err(e) = read_all(&data, &options).await else {
                 panic!("{size}: accepted")
@@ -1223,14 +1618,62 @@ mod tests {
             let text = e.to_string();
             assert!(matches!(e, FileError::HeaderTooLong { .. }), "{text}");
             assert!(
-                text.contains("the header is over 1024 bytes long (extract.max_record_bytes); it starts: \\x1f\\x8b\\x08\\x00zzz"),
+                text.contains("the header is over 1024 bytes long (extract.max_record_bytes); it starts: \\xfd7zXZ\\x00zzz"),
                 "{text}"
             );
             assert!(
-                text.ends_with("… (looks like gzip-compressed data; decompress it first)"),
+                text.ends_with("… (looks like xz-compressed data; decompress it first)"),
                 "{text}"
             );
             assert!(text.len() < 400, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_codec_comes_from_the_first_bytes() {
+        assert_eq!(Codec::of_magic(b"\x1f\x8b\x08\x00"), Codec::Gzip);
+        assert_eq!(Codec::of_magic(b"\x28\xb5\x2f\xfd"), Codec::Zstd);
+        assert_eq!(Codec::of_magic(b"arti"), Codec::None);
+        // Too short to be either.
+        assert_eq!(Codec::of_magic(b"\x1f"), Codec::None);
+        assert_eq!(Codec::of_magic(b"\x28\xb5\x2f"), Codec::None);
+        assert_eq!(Codec::of_magic(b""), Codec::None);
+        for c in [Codec::None, Codec::Gzip, Codec::Zstd] {
+            assert_eq!(Codec::parse(c.as_str()), c);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_compressed_file_reads_like_the_plain_one_to_the_last_byte() {
+        let data = format!(
+            "{HEADER}\r\nA,Logged In,A,F,1,B,1.0,free,L,PUT,NextSong,1,2,S,200,1,3\r\nA,Logged In,A,F,x,B,1.0,free,L,PUT,NextSong,1,2,S,200,1,3"
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(data.as_bytes(), 1).unwrap();
+        let plain = read_all(data.as_bytes(), &ExtractOptions::default())
+            .await
+            .unwrap();
+        for stored in [gz, zst] {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(&stored).unwrap();
+            let mut r = PlayReader::open(f.path(), &ExtractOptions::default())
+                .await
+                .unwrap();
+            let mut items = Vec::new();
+            while let Some(item) = r.next().await.unwrap() {
+                items.push(item);
+            }
+            assert_eq!(format!("{items:?}"), format!("{plain:?}"));
+            assert_eq!(r.text_bytes(), data.len() as u64);
+            assert_eq!(r.bytes_read(), stored.len() as u64);
+            let content = r.content().expect("read to the end");
+            assert_eq!(content.size, stored.len() as u64);
+            assert_eq!(
+                content.content_hash,
+                blake3::hash(&stored).to_hex().as_str()
+            );
         }
     }
 

@@ -5,13 +5,14 @@
 //! because every write is an upsert, loading again changes nothing. Keying by content (not by
 //! name) means a rescan, a restart or the same bytes under a new name load nothing twice, while
 //! a file whose content changed is loaded again. The entries live in the store itself (a table
-//! next to the three query tables), so they share its durability.
+//! next to the three query tables), so they share its durability. The hash is over the bytes
+//! as stored: a compressed file is the same file only with the same compressed bytes.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::extract::ExtractCounts;
+use crate::extract::{Codec, ExtractCounts};
 
 /// How a file ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +48,16 @@ pub struct LedgerEntry {
     pub content_hash: String,
     /// Where the file was when it was read.
     pub path: String,
-    /// Size in bytes.
+    /// Size in bytes, as stored.
     pub size: u64,
+    /// How the file was stored (`none`, `gzip`, `zstd`), from its first bytes. Entries made
+    /// before compressed files were read say `none`, which they were.
+    #[serde(default)]
+    pub codec: Codec,
+    /// Bytes of text the file gave: decompressed, or `size` for a plain file. For a failed
+    /// file, as far as it was read.
+    #[serde(default)]
+    pub decompressed_size: u64,
     /// Records after the header, song plays, skipped non-song events, rejected rows.
     #[serde(flatten)]
     pub counts: ExtractCounts,

@@ -87,7 +87,12 @@ pub struct FileReport {
     pub outcome: Outcome,
     pub counts: ExtractCounts,
     pub repaired: u64,
+    /// Bytes as stored.
     pub size: u64,
+    /// How the file is stored, from its first bytes.
+    pub codec: crate::extract::Codec,
+    /// Bytes of text read: decompressed, or as stored for a plain file.
+    pub decompressed_size: u64,
     pub content_hash: String,
     /// The first few rejects, for `validate` and the summary.
     pub sample_rejects: Vec<Reject>,
@@ -567,6 +572,8 @@ impl ReaderContext {
             counts: ExtractCounts::default(),
             repaired: 0,
             size: 0,
+            codec: crate::extract::Codec::None,
+            decompressed_size: 0,
             content_hash: String::new(),
             sample_rejects: Vec::new(),
             rejects_path: None,
@@ -718,6 +725,8 @@ impl ReaderContext {
                 content_hash: report.content_hash.clone(),
                 path: report.path.display().to_string(),
                 size: report.size,
+                codec: report.codec,
+                decompressed_size: report.decompressed_size,
                 counts: report.counts,
                 repaired: report.repaired,
                 status,
@@ -749,8 +758,13 @@ impl ReaderContext {
         let opts = &self.options;
         let mut reader = match PlayReader::open(path, &opts.extract).await {
             Ok(r) => r,
-            Err(e) => return ReadEnd::from_error(e),
+            Err(e) => {
+                // For the ledger entry of a file that failed before its header was read.
+                state.report.codec = crate::extract::Codec::of_file(path).unwrap_or_default();
+                return ReadEnd::from_error(e);
+            }
         };
+        state.report.codec = reader.codec();
         let mut rejects = RejectsFile::new(
             &opts.rejects_dir,
             &crate::rejects::relative_input(&opts.input_roots, path),
@@ -820,6 +834,7 @@ impl ReaderContext {
             );
         }
         state.report.counts = reader.counts();
+        state.report.decompressed_size = reader.text_bytes();
         match rejects.finish(&state.report.content_hash).await {
             Ok(written) => state.report.rejects_path = written,
             Err(e) => {

@@ -77,9 +77,8 @@ impl Discovery {
         excluded: &[PathBuf],
     ) -> std::io::Result<Discovery> {
         let root = root.canonicalize()?;
-        let matcher = globset::Glob::new(&settings.pattern)
-            .map_err(|e| std::io::Error::other(e.to_string()))?
-            .compile_matcher();
+        let matcher = crate::extract::input_matcher(&settings.pattern)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let excluded = excluded
             .iter()
             .filter(|p| !p.as_os_str().is_empty())

@@ -39,6 +39,7 @@ fn small_options() -> ExtractOptions {
         read_buffer_bytes: 4096,
         max_fields: 1000,
         keep_profile: true,
+        ..ExtractOptions::default()
     }
 }
 

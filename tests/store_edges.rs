@@ -336,7 +336,8 @@ fn a_missing_or_empty_file_is_created_as_sparkifys_and_an_older_unmarked_one_is_
         let out = run_on(&sb, &db, &["ingest", "--quiet", one.to_str().unwrap()]);
         assert_eq!(code(&out), 0, "{case}: {}", stderr(&out));
         assert_eq!(pragma(&db, "application_id"), APPLICATION_ID, "{case}");
-        assert_eq!(pragma(&db, "user_version"), 1, "{case}");
+        // Schema version 2: the ledger records codec and decompressed size.
+        assert_eq!(pragma(&db, "user_version"), 2, "{case}");
         assert_tables_eq(&all_tables(&db), &want, case);
     }
 }

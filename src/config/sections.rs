@@ -269,6 +269,10 @@ pub struct ExtractSettings {
     /// its file. Real files have 17 columns; each field costs 8 bytes of bookkeeping beside its
     /// text, so this bounds what a row of nothing but commas can take.
     pub max_fields: usize,
+    /// A compressed file (gzip, zstd) that expands past this many bytes fails: what stops a
+    /// small file that decompresses to terabytes. Memory does not depend on it (decompression
+    /// streams); 16 GiB is about 100 million events.
+    pub max_decompressed_bytes: u64,
 }
 
 impl Default for ExtractSettings {
@@ -277,6 +281,7 @@ impl Default for ExtractSettings {
             max_record_bytes: 64 * 1024,
             read_buffer_bytes: 256 * 1024,
             max_fields: 1_000,
+            max_decompressed_bytes: 16 << 30,
         }
     }
 }
@@ -349,12 +354,17 @@ choice! {
     }
 }
 
+/// File names taken from a folder by default: plain, gzip and zstd CSV (`watch.pattern`).
+pub const DEFAULT_PATTERN: &str = "*.{csv,csv.gz,csv.zst}";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatchSettings {
     /// The folder other programs drop event files into.
     pub dir: PathBuf,
-    /// File names to take (glob on the name, not the path).
+    /// File names to take (glob on the name, not the path, ignoring case); also what `ingest`,
+    /// `validate` and `extract` take from a folder. Plain, gzip and zstd CSV by default: whether
+    /// a file is compressed is told by its first bytes, not by its name.
     pub pattern: String,
     /// Also watch subfolders.
     pub recursive: bool,
@@ -379,7 +389,7 @@ impl Default for WatchSettings {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("event_data"),
-            pattern: "*.csv".to_string(),
+            pattern: DEFAULT_PATTERN.to_string(),
             recursive: true,
             mode: WatchMode::Events,
             poll_interval_ms: 1_000,

@@ -36,6 +36,7 @@ impl Settings {
             ("extract.max_record_bytes", x.max_record_bytes as u64),
             ("extract.read_buffer_bytes", x.read_buffer_bytes as u64),
             ("extract.max_fields", x.max_fields as u64),
+            ("extract.max_decompressed_bytes", x.max_decompressed_bytes),
             ("pipeline.readers", p.readers as u64),
             ("pipeline.writers", p.writers as u64),
             ("pipeline.chunk_rows", p.chunk_rows as u64),
@@ -275,6 +276,8 @@ pub const BOUNDS: &[(&str, u64, u64)] = &[
     ("extract.read_buffer_bytes", 4_096, 67_108_864),
     // At least the required columns; at most 800 KB of field bookkeeping per record.
     ("extract.max_fields", 8, 100_000),
+    // 1 MiB to 1 PiB of decompressed bytes per compressed file.
+    ("extract.max_decompressed_bytes", 1_048_576, 1 << 50),
     // Each reader is a thread with its own buffers.
     ("pipeline.readers", 1, 64),
     ("pipeline.writers", 1, 64),

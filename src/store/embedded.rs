@@ -30,7 +30,20 @@ use crate::ledger::{LedgerEntry, Status};
 use crate::telemetry::metrics as m;
 
 /// Schema version kept in `PRAGMA user_version`; bump with a migration when tables change.
-const SCHEMA_VERSION: i64 = 1;
+/// 2 added the ledger's `codec` and `decompressed_size` ([`ADDED_COLUMNS`]).
+const SCHEMA_VERSION: i64 = 2;
+
+/// Columns added after the first schema, with the `ALTER TABLE … ADD COLUMN` definition that
+/// adds them to an existing database when it is opened for loading (version 1 → 2). A
+/// database opened read-only is left as it is and read as if they held their defaults.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("ingest_ledger", "codec", "TEXT NOT NULL DEFAULT 'none'"),
+    (
+        "ingest_ledger",
+        "decompressed_size",
+        "INTEGER NOT NULL DEFAULT 0",
+    ),
+];
 
 /// `PRAGMA application_id` of sparkify's databases: "SPKY". `file(1)` and SQLite tools show it,
 /// and it is what tells sparkify's file from another application's.
@@ -56,7 +69,8 @@ CREATE TABLE IF NOT EXISTS ingest_ledger (
   content_hash TEXT NOT NULL PRIMARY KEY, path TEXT NOT NULL, size INTEGER NOT NULL,
   rows_read INTEGER NOT NULL, song_plays INTEGER NOT NULL, skipped INTEGER NOT NULL,
   rejected INTEGER NOT NULL, repaired INTEGER NOT NULL, status TEXT NOT NULL,
-  reason TEXT NOT NULL, recorded_at_ms INTEGER NOT NULL);
+  reason TEXT NOT NULL, recorded_at_ms INTEGER NOT NULL,
+  codec TEXT NOT NULL DEFAULT 'none', decompressed_size INTEGER NOT NULL DEFAULT 0);
 ";
 
 const UPSERT_SESSION: &str = "INSERT INTO song_plays_by_session \
@@ -84,6 +98,9 @@ pub struct EmbeddedStore {
     writer: Option<Arc<Mutex<Connection>>>,
     reader: Arc<Mutex<Connection>>,
     health: WriteHealth,
+    /// The ledger columns read: [`LEDGER_COLUMNS`], or their defaults in place of the
+    /// [`ADDED_COLUMNS`] a database opened read-only does not have yet.
+    ledger_columns: String,
 }
 
 fn classify(e: rusqlite::Error) -> StoreError {
@@ -185,12 +202,14 @@ fn printable(bytes: &[u8]) -> String {
 }
 
 /// Decides whether the file at `path` is sparkify's, without writing to it (or beside it).
-fn inspect(path: &Path, busy_timeout_ms: u64) -> Result<Found, StoreError> {
+fn inspect(path: &Path, busy_timeout_ms: u64) -> Result<(Found, Vec<usize>), StoreError> {
     use std::io::Read;
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Found::Missing, Vec::new()));
+        }
         Err(e) => return Err(io_error(&format!("cannot open {shown}"), &e)),
     };
     if !meta.is_file() {
@@ -199,7 +218,7 @@ fn inspect(path: &Path, busy_timeout_ms: u64) -> Result<Found, StoreError> {
         )));
     }
     if meta.len() == 0 {
-        return Ok(Found::Blank);
+        return Ok((Found::Blank, Vec::new()));
     }
     let mut header = Vec::with_capacity(100);
     std::fs::File::open(path)
@@ -229,7 +248,7 @@ fn inspect(path: &Path, busy_timeout_ms: u64) -> Result<Found, StoreError> {
     let ours = expected_tables();
     if application_id == 0 {
         if found.is_empty() && user_version == 0 {
-            return Ok(Found::Blank);
+            return Ok((Found::Blank, Vec::new()));
         }
         let known: Vec<&str> = found
             .keys()
@@ -257,6 +276,7 @@ fn inspect(path: &Path, busy_timeout_ms: u64) -> Result<Found, StoreError> {
             "{shown} was written by a newer sparkify (schema version {user_version}; this one knows {SCHEMA_VERSION})"
         )));
     }
+    let missing = missing_added_columns(&found);
     let differences = schema_differences(&found, &ours);
     if !differences.is_empty() {
         return Err(StoreError::Schema(format!(
@@ -264,11 +284,46 @@ fn inspect(path: &Path, busy_timeout_ms: u64) -> Result<Found, StoreError> {
             differences.join("; ")
         )));
     }
-    Ok(if application_id == 0 {
+    let kind = if application_id == 0 {
         Found::Unmarked
     } else {
         Found::Ours
-    })
+    };
+    Ok((kind, missing))
+}
+
+/// Which of [`ADDED_COLUMNS`] (by index) an existing database does not have yet.
+fn missing_added_columns(found: &std::collections::BTreeMap<String, Table>) -> Vec<usize> {
+    ADDED_COLUMNS
+        .iter()
+        .enumerate()
+        .filter(|(_, (table, column, _))| {
+            found.get(*table).is_some_and(|t| {
+                !t.columns
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(column))
+            })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The ledger's columns as selected: a column the database does not have yet is read as its
+/// default (`decompressed_size` as `size`, which it is for the plain files of those entries).
+fn ledger_select(missing: &[usize]) -> String {
+    LEDGER_COLUMNS
+        .split(", ")
+        .map(|c| c.trim())
+        .map(|c| {
+            let absent = missing.iter().any(|&i| ADDED_COLUMNS[i].1 == c);
+            match c {
+                "codec" if absent => "'none'".to_string(),
+                "decompressed_size" if absent => "size".to_string(),
+                _ => c.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Adds the path to an error met while opening.
@@ -374,6 +429,10 @@ fn schema_differences(
                 .iter()
                 .find(|g| g.name.eq_ignore_ascii_case(&w.name))
             {
+                // Added when the database is opened for loading.
+                None if ADDED_COLUMNS
+                    .iter()
+                    .any(|(t, c, _)| t == name && w.name.eq_ignore_ascii_case(c)) => {}
                 None => out.push(format!("{name} has no column {} ({})", w.name, describe(w))),
                 Some(g) if describe(g) != describe(w) => out.push(format!(
                     "{name}.{} is {}, not {}",
@@ -445,7 +504,7 @@ impl EmbeddedStore {
                 "embedded.path is empty; expected the database file's path".into(),
             ));
         }
-        let found = inspect(path, busy_timeout_ms)?;
+        let (found, missing) = inspect(path, busy_timeout_ms)?;
         if read_only {
             if matches!(found, Found::Missing | Found::Blank) {
                 return Err(StoreError::Unavailable(format!(
@@ -465,6 +524,7 @@ impl EmbeddedStore {
                 writer: None,
                 reader: Arc::new(Mutex::new(reader)),
                 health: WriteHealth::default(),
+                ledger_columns: ledger_select(&missing),
             });
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -494,6 +554,27 @@ impl EmbeddedStore {
             }
             Found::Ours => {}
         }
+        if !missing.is_empty() {
+            // Version 1 → 2, in one transaction: the ledger gains codec and decompressed_size;
+            // its entries are of plain files, whose decompressed size is their size.
+            let tx = writer.transaction().map_err(context)?;
+            for &i in &missing {
+                let (table, column, definition) = ADDED_COLUMNS[i];
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                ))
+                .map_err(context)?;
+                if column == "decompressed_size" {
+                    tx.execute_batch("UPDATE ingest_ledger SET decompressed_size = size")
+                        .map_err(context)?;
+                }
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(context)?;
+            tx.commit().map_err(context)?;
+            let added: Vec<&str> = missing.iter().map(|&i| ADDED_COLUMNS[i].1).collect();
+            tracing::info!(path = %shown, columns = %added.join(", "), "Added the ledger columns this version records");
+        }
         let reader = open_connection(path, busy_timeout_ms).map_err(context)?;
         Ok(EmbeddedStore {
             identity: file_identity(path),
@@ -501,6 +582,7 @@ impl EmbeddedStore {
             writer: Some(Arc::new(Mutex::new(writer))),
             reader: Arc::new(Mutex::new(reader)),
             health: WriteHealth::default(),
+            ledger_columns: LEDGER_COLUMNS.to_string(),
         })
     }
 
@@ -595,9 +677,10 @@ impl EmbeddedStore {
 
     pub async fn ledger_get(&self, content_hash: &str) -> Result<Option<LedgerEntry>, StoreError> {
         let hash = content_hash.to_string();
+        let columns = self.ledger_columns.clone();
         self.read(move |c| {
             c.prepare_cached(&format!(
-                "SELECT {LEDGER_COLUMNS} FROM ingest_ledger WHERE content_hash = ?1"
+                "SELECT {columns} FROM ingest_ledger WHERE content_hash = ?1"
             ))?
             .query_row([hash], ledger_from_row)
             .optional()
@@ -613,8 +696,9 @@ impl EmbeddedStore {
             let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO ingest_ledger (content_hash, path, size, rows_read, \
-                 song_plays, skipped, rejected, repaired, status, reason, recorded_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 song_plays, skipped, rejected, repaired, status, reason, recorded_at_ms, \
+                 codec, decompressed_size) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 e.content_hash,
@@ -628,6 +712,8 @@ impl EmbeddedStore {
                 e.status.as_str(),
                 e.reason,
                 e.recorded_at_ms,
+                e.codec.as_str(),
+                e.decompressed_size as i64,
             ])
             .map(|_| ())
         })
@@ -642,9 +728,10 @@ impl EmbeddedStore {
     }
 
     pub async fn ledger_all(&self) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.read(|c| {
+        let columns = self.ledger_columns.clone();
+        self.read(move |c| {
             c.prepare(&format!(
-                "SELECT {LEDGER_COLUMNS} FROM ingest_ledger ORDER BY recorded_at_ms, path"
+                "SELECT {columns} FROM ingest_ledger ORDER BY recorded_at_ms, path"
             ))?
             .query_map([], ledger_from_row)?
             .collect()
@@ -786,7 +873,7 @@ fn file_identity(path: &Path) -> Option<(u64, u64)> {
 }
 
 const LEDGER_COLUMNS: &str = "content_hash, path, size, rows_read, song_plays, skipped, \
-    rejected, repaired, status, reason, recorded_at_ms";
+    rejected, repaired, status, reason, recorded_at_ms, codec, decompressed_size";
 
 fn ledger_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
     Ok(LedgerEntry {
@@ -803,6 +890,8 @@ fn ledger_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerEntry> {
         status: Status::parse(&r.get::<_, String>(8)?),
         reason: r.get(9)?,
         recorded_at_ms: r.get(10)?,
+        codec: crate::extract::Codec::parse(&r.get::<_, String>(11)?),
+        decompressed_size: r.get::<_, i64>(12)? as u64,
     })
 }
 

@@ -19,6 +19,8 @@ type LedgerRow = (
     String,
     String,
     i64,
+    Option<String>,
+    Option<i64>,
 );
 
 fn ledger_from_row(r: LedgerRow) -> LedgerEntry {
@@ -36,6 +38,13 @@ fn ledger_from_row(r: LedgerRow) -> LedgerEntry {
         status: Status::parse(&r.8),
         reason: r.9,
         recorded_at_ms: r.10,
+        // Null in entries written before the columns were added: plain files.
+        codec: r
+            .11
+            .as_deref()
+            .map(crate::extract::Codec::parse)
+            .unwrap_or_default(),
+        decompressed_size: r.12.unwrap_or(r.2) as u64,
     }
 }
 
@@ -66,6 +75,8 @@ impl CassandraStore {
             e.status.as_str(),
             e.reason.as_str(),
             e.recorded_at_ms,
+            e.codec.as_str(),
+            e.decompressed_size as i64,
         );
         self.patiently("writing the ledger", LEDGER_PATIENCE, || async {
             self.session

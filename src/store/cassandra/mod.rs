@@ -127,6 +127,7 @@ impl CassandraStore {
 async fn set_up(session: &Session, settings: &CassandraSettings) -> Result<Statements, StoreError> {
     if settings.create_schema {
         schema::create_schema(session, settings).await?;
+        schema::add_missing_columns(session, &settings.keyspace).await?;
     }
     schema::check_schema(session, &settings.keyspace).await?;
     statements::prepare_all(session, &settings.keyspace).await

@@ -127,10 +127,25 @@ const SCHEMA: [(&str, &[ColumnSpec]); 4] = {
                 c("status", "text", Regular),
                 c("reason", "text", Regular),
                 c("recorded_at_ms", "bigint", Regular),
+                c("codec", "text", Regular),
+                c("decompressed_size", "bigint", Regular),
             ],
         ),
     ]
 };
+
+/// Ledger columns added after the first schema: `cassandra.create_schema` adds them to an
+/// existing table (`ALTER TABLE … ADD`); entries written before have them null, read as
+/// `none` and the entry's size.
+const ADDED_COLUMNS: [(&str, &str, &str); 2] = [
+    (LEDGER_TABLE, "codec", "text"),
+    (LEDGER_TABLE, "decompressed_size", "bigint"),
+];
+
+/// The statement that adds one of [`ADDED_COLUMNS`].
+fn add_column_cql(ks: &str, (table, column, ty): (&str, &str, &str)) -> String {
+    format!("ALTER TABLE {ks}.{table} ADD {column} {ty}")
+}
 
 fn primary_key(columns: &[ColumnSpec]) -> String {
     let of = |want: fn(Key) -> bool| -> Vec<&str> {
@@ -203,11 +218,20 @@ fn schema_differences(
         };
         for want in columns.iter() {
             let Some(got) = have.get(want.name) else {
+                let added = ADDED_COLUMNS
+                    .iter()
+                    .find(|(t, c, _)| t == table && *c == want.name);
                 problems.push(format!(
-                    "table {ks}.{table} has no column {} ({} {})",
+                    "table {ks}.{table} has no column {} ({} {}){}",
                     want.name,
                     want.ty,
-                    want.key.describe()
+                    want.key.describe(),
+                    added
+                        .map(|&a| format!(
+                            " (made by an earlier version: run `{}` or set cassandra.create_schema = true)",
+                            add_column_cql(ks, a)
+                        ))
+                        .unwrap_or_default()
                 ));
                 continue;
             };
@@ -291,10 +315,39 @@ pub(super) async fn create_schema(
         .map_err(|e| StoreError::Unavailable(format!("the nodes did not agree on the schema: {e}")))
 }
 
+/// Adds the [`ADDED_COLUMNS`] a ledger table made by an earlier version lacks (the migration
+/// of an existing keyspace; `IF NOT EXISTS` left the old table as it was).
+pub(super) async fn add_missing_columns(session: &Session, ks: &str) -> Result<(), StoreError> {
+    let found = schema_columns(session, ks).await?;
+    for added in ADDED_COLUMNS {
+        let (table, column, _) = added;
+        if found
+            .get(table)
+            .is_some_and(|columns| !columns.contains_key(column))
+        {
+            tracing::info!(table = %format!("{ks}.{table}"), column, "Adding a ledger column this version records");
+            ddl(session, &add_column_cql(ks, added)).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads the keyspace's columns from `system_schema` and refuses to go on if they are not
 /// what sparkify writes. Runs after `create_schema` too, since `IF NOT EXISTS` leaves an older,
 /// different table in place.
 pub(super) async fn check_schema(session: &Session, ks: &str) -> Result<(), StoreError> {
+    let found = schema_columns(session, ks).await?;
+    match schema_differences(ks, &found) {
+        None => Ok(()),
+        Some(problem) => Err(StoreError::Schema(problem)),
+    }
+}
+
+/// The keyspace's tables and their columns, from `system_schema.columns`.
+async fn schema_columns(
+    session: &Session,
+    ks: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, FoundColumn>>, StoreError> {
     let context = "reading the schema from system_schema.columns";
     let statement = session
         .prepare(
@@ -319,10 +372,7 @@ pub(super) async fn check_schema(session: &Session, ks: &str) -> Result<(), Stor
             .or_default()
             .insert(column, FoundColumn { kind, position, ty });
     }
-    match schema_differences(ks, &found) {
-        None => Ok(()),
-        Some(problem) => Err(StoreError::Schema(problem)),
-    }
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub(super) struct Statements {
 }
 
 pub(super) const LEDGER_COLUMNS: &str = "content_hash, path, size, rows_read, song_plays, skipped, \
-    rejected, repaired, status, reason, recorded_at_ms";
+    rejected, repaired, status, reason, recorded_at_ms, codec, decompressed_size";
 
 pub(super) async fn prepare_all(session: &Session, ks: &str) -> Result<Statements, StoreError> {
     async fn prepare(session: &Session, cql: String) -> Result<PreparedStatement, StoreError> {
@@ -83,7 +83,7 @@ pub(super) async fn prepare_all(session: &Session, ks: &str) -> Result<Statement
             session,
             format!(
                 "INSERT INTO {ks}.{LEDGER_TABLE} ({LEDGER_COLUMNS}) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ),
         )
         .await?,
