@@ -5,7 +5,8 @@
 //! numbers, logged-out events with no user, about 85% song plays, sessions whose items count
 //! up, users whose names never change, some non-ASCII titles and some of them UTF-8-encoded
 //! twice. Output is a pure function of the seed. Each file is written under a hidden temporary
-//! name and renamed into place, so a running daemon never sees half a file.
+//! name and renamed into place, so a running daemon never sees half a file. With `--compress`
+//! each file is gzip or zstd (`.csv.gz`, `.csv.zst`): the same text, compressed as it is written.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,8 @@ pub const HEADER: [&str; 17] = [
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Example: sparkify generate --rows 1000000 --files 10 --seed 7 /tmp/load
-Files are named like the real exports (2018-11-01-events.csv, one day per file).")]
+Files are named like the real exports (2018-11-01-events.csv, one day per file); with
+--compress gzip or zstd, 2018-11-01-events.csv.gz or .csv.zst, holding the same text.")]
 pub struct GenerateArgs {
     /// Events to write in all (song plays are about 85% of them).
     #[arg(long, default_value_t = 100_000)]
@@ -53,8 +55,79 @@ pub struct GenerateArgs {
     /// play keeps its own key.
     #[arg(long, default_value_t = 1)]
     pub first_session: u32,
+    /// Compress each file as it is written: gzip (level 6) or zstd (level 3).
+    #[arg(long, value_enum)]
+    pub compress: Option<Compress>,
     /// Folder to write into (created if missing).
     pub dir: PathBuf,
+}
+
+/// How `generate` compresses its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compress {
+    /// `.csv.gz`, one gzip member per file.
+    Gzip,
+    /// `.csv.zst`, one zstd frame per file.
+    Zstd,
+}
+
+impl Compress {
+    fn suffix(self) -> &'static str {
+        match self {
+            Compress::Gzip => ".gz",
+            Compress::Zstd => ".zst",
+        }
+    }
+}
+
+/// Where a file's text goes: the file, or an encoder in front of it.
+enum Sink {
+    Plain(std::io::BufWriter<std::fs::File>),
+    Gzip(flate2::write::GzEncoder<std::io::BufWriter<std::fs::File>>),
+    Zstd(zstd::stream::write::Encoder<'static, std::io::BufWriter<std::fs::File>>),
+}
+
+impl Sink {
+    fn new(file: std::fs::File, compress: Option<Compress>) -> std::io::Result<Sink> {
+        let out = std::io::BufWriter::with_capacity(1 << 20, file);
+        Ok(match compress {
+            None => Sink::Plain(out),
+            Some(Compress::Gzip) => Sink::Gzip(flate2::write::GzEncoder::new(
+                out,
+                flate2::Compression::new(6),
+            )),
+            Some(Compress::Zstd) => Sink::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
+        })
+    }
+
+    /// Ends the compressed stream and flushes everything to the file.
+    fn finish(self) -> std::io::Result<std::fs::File> {
+        let mut out = match self {
+            Sink::Plain(out) => out,
+            Sink::Gzip(e) => e.finish()?,
+            Sink::Zstd(e) => e.finish()?,
+        };
+        out.flush()?;
+        out.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Gzip(w) => w.write(buf),
+            Sink::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Gzip(w) => w.flush(),
+            Sink::Zstd(w) => w.flush(),
+        }
+    }
 }
 
 /// What was written.
@@ -63,7 +136,10 @@ pub struct Generated {
     pub files: Vec<PathBuf>,
     pub rows: u64,
     pub song_plays: u64,
+    /// Bytes of the files as written (compressed with `--compress`).
     pub bytes: u64,
+    /// Bytes of their text (the same as `bytes` unless compressed).
+    pub text_bytes: u64,
 }
 
 const FIRST: &[&str] = &[
@@ -248,6 +324,19 @@ pub fn generate(
     seed: u64,
     first_session: u32,
 ) -> std::io::Result<Generated> {
+    generate_compressed(dir, rows, files, seed, first_session, None)
+}
+
+/// [`generate`], each file compressed as it is written when `compress` says so: the same text
+/// (the same events for the same seed) in `.csv.gz` or `.csv.zst` files.
+pub fn generate_compressed(
+    dir: &Path,
+    rows: u64,
+    files: u32,
+    seed: u64,
+    first_session: u32,
+    compress: Option<Compress>,
+) -> std::io::Result<Generated> {
     std::fs::create_dir_all(dir)?;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let cat = catalogue(&mut rng, rows);
@@ -260,13 +349,16 @@ pub fn generate(
     let play_share_logged_in = SONG_SHARE / (1.0 - LOGGED_OUT_SHARE);
     for f in 0..files {
         let share = rows / u64::from(files) + u64::from(u64::from(f) < rows % u64::from(files));
-        let name = file_name(f);
+        let name = file_name(f) + compress.map_or("", Compress::suffix);
         let tmp = dir.join(format!(".{name}.tmp"));
         let dest = dir.join(&name);
         let file = std::fs::File::create(&tmp)?;
         let mut w = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
-            .from_writer(std::io::BufWriter::with_capacity(1 << 20, file));
+            .from_writer(Counting {
+                inner: Sink::new(file, compress)?,
+                bytes: 0,
+            });
         w.write_record(HEADER)?;
         let mut open: Vec<Session> = Vec::with_capacity(OPEN_SESSIONS);
         for _ in 0..share {
@@ -359,17 +451,36 @@ pub fn generate(
             }
             out.rows += 1;
         }
-        let mut inner = w
+        let counting = w
             .into_inner()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        inner.flush()?;
-        inner.get_ref().sync_all()?;
-        drop(inner);
+        out.text_bytes += counting.bytes;
+        let file = counting.inner.finish()?;
+        file.sync_all()?;
+        drop(file);
         out.bytes += std::fs::metadata(&tmp)?.len();
         std::fs::rename(&tmp, &dest)?;
         out.files.push(dest);
     }
     Ok(out)
+}
+
+/// Counts the bytes of text written through it.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn pick_page(rng: &mut Xoshiro256PlusPlus) -> (&'static str, &'static str, u16) {
@@ -387,18 +498,23 @@ fn zipf_index(rng: &mut Xoshiro256PlusPlus, n: usize) -> usize {
 /// `sparkify generate`.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
     let started = std::time::Instant::now();
-    let g = generate(
+    let g = generate_compressed(
         &args.dir,
         args.rows,
         args.files,
         args.seed,
         args.first_session,
+        args.compress,
     )?;
     // A reader of standard output that went away (`| head`) has what it wanted.
-    use std::io::Write;
+    let compressed = if args.compress.is_none() {
+        String::new()
+    } else {
+        format!(" ({} bytes of text)", g.text_bytes)
+    };
     let _ = writeln!(
         std::io::stdout(),
-        "wrote {} files to {}: {} events, {} song plays, {} bytes in {:.2} s",
+        "wrote {} files to {}: {} events, {} song plays, {} bytes{compressed} in {:.2} s",
         g.files.len(),
         args.dir.display(),
         g.rows,

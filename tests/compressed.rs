@@ -687,3 +687,70 @@ async fn a_cassandra_ledger_made_before_the_codec_columns_is_migrated_and_read_a
     assert_eq!(new["decompressed_size"], bytes.len() as u64);
     assert_eq!(new["size"], zstd(bytes).len() as u64);
 }
+
+#[test]
+fn generate_compress_writes_the_same_text_compressed_and_it_loads_the_same_tables() {
+    let sb = Sandbox::new();
+    let gen_into = |dir: &str, extra: &[&str]| {
+        let mut args = vec!["generate", "--rows", "3000", "--files", "2", "--seed", "5"];
+        args.extend_from_slice(extra);
+        args.push(dir);
+        let out = sb.run(&args);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+    };
+    let plain = gen_into("plain", &[]);
+    assert!(!plain.contains("bytes of text"), "{plain}");
+    let want = clean_run_tables(&sb.join("plain"));
+    for (codec, suffix) in [("gzip", ".gz"), ("zstd", ".zst")] {
+        let dir = format!("{codec}-files");
+        let said = gen_into(&dir, &["--compress", codec]);
+        let mut names: Vec<String> = std::fs::read_dir(sb.join(&dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                format!("2018-11-01-events.csv{suffix}"),
+                format!("2018-11-02-events.csv{suffix}")
+            ]
+        );
+        let (mut stored, mut text) = (0, 0);
+        for name in &names {
+            let bytes = std::fs::read(sb.join(&format!("{dir}/{name}"))).unwrap();
+            let mut decoded = Vec::new();
+            match codec {
+                "gzip" => {
+                    assert_eq!(&bytes[..2], b"\x1f\x8b");
+                    flate2::read::MultiGzDecoder::new(&bytes[..])
+                        .read_to_end(&mut decoded)
+                        .unwrap();
+                }
+                _ => {
+                    assert_eq!(&bytes[..4], b"\x28\xb5\x2f\xfd");
+                    decoded = zstd::decode_all(&bytes[..]).unwrap();
+                }
+            }
+            let original =
+                std::fs::read(sb.join(&format!("plain/{}", name.trim_end_matches(suffix))))
+                    .unwrap();
+            assert!(decoded == original, "{name}: not the plain file's text");
+            assert!(bytes.len() * 3 < original.len(), "{name}: {}", bytes.len());
+            stored += bytes.len();
+            text += original.len();
+        }
+        assert!(
+            said.contains(&format!("{stored} bytes ({text} bytes of text)")),
+            "{said}"
+        );
+        let got = {
+            let other = Sandbox::new();
+            let out = other.run(&["ingest", "--quiet", sb.join(&dir).to_str().unwrap()]);
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+            all_tables(&other.db())
+        };
+        assert_tables_eq(&got, &want, codec);
+    }
+}
