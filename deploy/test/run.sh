@@ -89,7 +89,7 @@ bash deploy/test/base-images.sh runtime systemd
 echo "== cargo build --release --bin sparkify"
 cargo build --release --locked --bin sparkify
 export DEPLOY_TEST_BINARY="$PWD/${CARGO_TARGET_DIR:-target}/release/sparkify"
-case $CARGO_TARGET_DIR in /*) DEPLOY_TEST_BINARY="$CARGO_TARGET_DIR/release/sparkify" ;; esac
+case ${CARGO_TARGET_DIR:-} in /*) DEPLOY_TEST_BINARY="$CARGO_TARGET_DIR/release/sparkify" ;; esac
 
 echo "== cargo test --test deploy -- --include-ignored"
 cargo test --locked --test deploy -- --include-ignored
