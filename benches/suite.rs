@@ -13,6 +13,10 @@
 //! 5. Memory: the peak RSS of `sparkify ingest` on input shapes that once broke the memory
 //!    bound (rows of nothing but commas, 100,000 columns, long values, 20,000 tiny files) next
 //!    to ordinary data, against the bound the README states for the configuration.
+//! 6. Compressed: `sparkify ingest` of the same generated events as plain CSV, `.csv.gz` and
+//!    `.csv.zst`, one after the other in each round, next to each decoder's own ceiling: the
+//!    same compressed bytes decompressed to nowhere (`flate2`, `zstd`, the libraries the reader's
+//!    decoders use), and `PlayReader` over each form for where the time goes.
 //!
 //! Run it with `cargo bench --bench suite` (or `scripts/bench.sh`); `-- --help` lists the
 //! options. `tests/bench_suite.rs` runs the same code at tiny sizes so it cannot rot. The
@@ -41,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 mod cql;
 use cql::Emulator;
 
-/// One of the five parts of the suite.
+/// One of the six parts of the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Extract,
@@ -49,15 +53,17 @@ pub enum Part {
     Cassandra,
     Latency,
     Memory,
+    Compressed,
 }
 
 impl Part {
-    const ALL: [Part; 5] = [
+    const ALL: [Part; 6] = [
         Part::Extract,
         Part::Embedded,
         Part::Cassandra,
         Part::Latency,
         Part::Memory,
+        Part::Compressed,
     ];
 
     fn name(self) -> &'static str {
@@ -67,6 +73,7 @@ impl Part {
             Part::Cassandra => "cassandra",
             Part::Latency => "latency",
             Part::Memory => "memory",
+            Part::Compressed => "compressed",
         }
     }
 }
@@ -101,6 +108,8 @@ pub struct Plan {
     pub column_rows: usize,
     pub long_rows: usize,
     pub tiny_files: usize,
+    /// Events of the compressed part (the same events plain, gzip and zstd).
+    pub compressed_rows: u64,
     /// Runs per figure; the table shows medians.
     pub repeat: usize,
     /// Where data and stores go; a temporary folder under the target dir when absent.
@@ -128,6 +137,7 @@ impl Plan {
             column_rows: 200,
             long_rows: 3_000,
             tiny_files: 20_000,
+            compressed_rows: 1_000_000,
             repeat: 3,
             work_dir: None,
             binary: PathBuf::from(env!("CARGO_BIN_EXE_sparkify")),
@@ -151,6 +161,7 @@ impl Plan {
             column_rows: 5,
             long_rows: 20,
             tiny_files: 100,
+            compressed_rows: 3_000,
             repeat: 1,
             ..Plan::full()
         }
@@ -160,7 +171,7 @@ impl Plan {
 Usage: cargo bench --bench suite -- [OPTIONS]
 
 Options (sizes take k and m suffixes: 3m = 3,000,000):
-  --parts LIST            extract,embedded,cassandra,latency,memory (default: all)
+  --parts LIST            extract,embedded,cassandra,latency,memory,compressed (default: all)
   --extract-rows N        events in the extract file (default 1m)
   --embedded-rows LIST    events per end-to-end case (default 1m,3m; 10m if time allows)
   --rows-per-file N       events per generated file (default 100k)
@@ -169,6 +180,7 @@ Options (sizes take k and m suffixes: 3m = 3,000,000):
   --cassandra-rows N      events of the generated Cassandra case, 0 for none (default 1m)
   --drops N               files dropped into the daemon's folder (default 100)
   --tiny-files N          five-row files of the memory part's many-files case (default 20k)
+  --compressed-rows N     events of the compressed part, plain, gzip and zstd (default 1m)
   --repeat N              runs per figure; medians are shown (default 3)
   --work-dir DIR          keep data and stores here instead of a temporary folder
   --tiny                  every part at CI sizes
@@ -216,6 +228,7 @@ Options (sizes take k and m suffixes: 3m = 3,000,000):
                 "--cassandra-rows" => plan.cassandra_rows = count(&value()?)?,
                 "--drops" => plan.drops = count(&value()?)?.max(1) as usize,
                 "--tiny-files" => plan.tiny_files = count(&value()?)?.max(1) as usize,
+                "--compressed-rows" => plan.compressed_rows = count(&value()?)?.max(1),
                 "--repeat" => plan.repeat = count(&value()?)?.max(1) as usize,
                 "--work-dir" => plan.work_dir = Some(PathBuf::from(value()?)),
                 "--out" => out = Some(PathBuf::from(value()?)),
@@ -336,6 +349,22 @@ impl MemoryResult {
     }
 }
 
+/// Part 6: the same events plain, gzip and zstd (index 0, 1, 2 of each array).
+#[derive(Debug, Clone)]
+pub struct CompressedResult {
+    pub rows: u64,
+    pub plays: u64,
+    pub files: usize,
+    /// Bytes as stored.
+    pub bytes: [u64; 3],
+    /// `sparkify ingest` into a fresh store, per form.
+    pub ingest: [Vec<IngestRun>; 3],
+    /// Seconds to decompress every file to nowhere: gzip, zstd (the decoder's ceiling).
+    pub decode: [Vec<f64>; 2],
+    /// Seconds of `PlayReader` over every file, per form.
+    pub reader: [Vec<f64>; 3],
+}
+
 /// Everything one run of the suite measured.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -350,6 +379,7 @@ pub struct Report {
     pub cassandra: Vec<CassandraResult>,
     pub latency: Option<LatencyResult>,
     pub memory: Vec<MemoryResult>,
+    pub compressed: Option<CompressedResult>,
 }
 
 /// Runs the parts of `plan`; panics when a run loads the wrong number of plays or rows, since
@@ -415,6 +445,7 @@ pub fn run(plan: &Plan) -> Report {
             }
             Part::Latency => report.latency = Some(latency(plan, &work)),
             Part::Memory => report.memory = memory(plan, &data),
+            Part::Compressed => report.compressed = Some(compressed(plan, &data, &runtime)),
         }
     }
     report.load_after = load_average();
@@ -440,13 +471,39 @@ impl Data {
         std::fs::write(&marker, g.song_plays.to_string()).expect("marker");
         (dir, g.song_plays)
     }
+
+    /// The same events as [`Data::generated`], compressed as `generate --compress` writes them.
+    fn generated_compressed(
+        &self,
+        rows: u64,
+        per_file: u64,
+        compress: sparkify::generate::Compress,
+    ) -> (PathBuf, u64) {
+        let dir = self
+            .work
+            .join(format!("data-{rows}-{per_file}-{compress:?}"));
+        let marker = dir.join(".plays");
+        if let Ok(plays) = std::fs::read_to_string(&marker) {
+            return (dir, plays.trim().parse().expect("marker"));
+        }
+        let files = rows.div_ceil(per_file).max(1) as u32;
+        let g = sparkify::generate::generate_compressed(&dir, rows, files, 7, 1, Some(compress))
+            .expect("generate");
+        std::fs::write(&marker, g.song_plays.to_string()).expect("marker");
+        (dir, g.song_plays)
+    }
 }
 
 fn csv_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("data dir")
         .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            [".csv", ".csv.gz", ".csv.zst"]
+                .iter()
+                .any(|s| name.ends_with(s) && !name.starts_with('.'))
+        })
         .collect();
     files.sort();
     files
@@ -754,6 +811,123 @@ pub fn memory_bound_kib(plan: &Plan, max_record_bytes: u64) -> u64 {
         + (q + 1) * (512 * c + r)
         + 640 * g;
     bytes / 1024
+}
+
+/// Decompresses every file to nowhere with the codec library under the reader's decoder (the
+/// same backend, the same 64 KiB of input at a time); returns the bytes of text.
+fn decode_to_nowhere(files: &[PathBuf], gzip: bool) -> u64 {
+    let mut text = 0;
+    for f in files {
+        let input = BufReader::with_capacity(64 * 1024, std::fs::File::open(f).expect("open"));
+        text += if gzip {
+            std::io::copy(
+                &mut flate2::bufread::MultiGzDecoder::new(input),
+                &mut std::io::sink(),
+            )
+        } else {
+            // Reads every frame, like the reader's decoder.
+            std::io::copy(
+                &mut zstd::stream::read::Decoder::with_buffer(input).expect("zstd"),
+                &mut std::io::sink(),
+            )
+        }
+        .expect("decode");
+    }
+    text
+}
+
+fn compressed(plan: &Plan, data: &Data, runtime: &tokio::runtime::Runtime) -> CompressedResult {
+    use sparkify::generate::Compress;
+    let rows = plan.compressed_rows;
+    let (plain, plays) = data.generated(rows, plan.rows_per_file);
+    let (gz, gz_plays) = data.generated_compressed(rows, plan.rows_per_file, Compress::Gzip);
+    let (zst, zst_plays) = data.generated_compressed(rows, plan.rows_per_file, Compress::Zstd);
+    assert_eq!((gz_plays, zst_plays), (plays, plays), "the same events");
+    let inputs = [plain, gz, zst];
+    let files: Vec<Vec<PathBuf>> = inputs.iter().map(|d| csv_files(d)).collect();
+    let size = |fs: &[PathBuf]| -> u64 {
+        fs.iter()
+            .map(|f| std::fs::metadata(f).expect("file").len())
+            .sum()
+    };
+    let mut result = CompressedResult {
+        rows,
+        plays,
+        files: files[0].len(),
+        bytes: [size(&files[0]), size(&files[1]), size(&files[2])],
+        ingest: Default::default(),
+        decode: Default::default(),
+        reader: Default::default(),
+    };
+    let text = result.bytes[0];
+    // Every form in each round, so that a noisy minute costs them alike.
+    for _ in 0..plan.repeat {
+        for (i, input) in inputs.iter().enumerate() {
+            for f in &files[i] {
+                std::fs::read(f).expect("warm-up");
+            }
+            let dir = fresh(&data.work, "compressed-ingest");
+            std::fs::write(
+                dir.join("sparkify.toml"),
+                format!(
+                    "[embedded]\npath = \"sparkify.db\"\ntransaction_rows = {}\n\
+                     [rejects]\ndir = \"rejects\"\n\
+                     [telemetry]\nhttp_addr = \"\"\nlog_format = \"text\"\nlog_level = \"warn\"\n",
+                    plan.transaction_rows
+                ),
+            )
+            .expect("config");
+            let (run, _) = ingest(plan, &dir, input, plays, &[]);
+            assert_eq!(table_len(&dir.join("sparkify.db"), TABLES[0]), plays);
+            result.ingest[i].push(run);
+        }
+        for (i, gzip) in [(1, true), (2, false)] {
+            let (bytes, secs) = timed(|| decode_to_nowhere(&files[i], gzip));
+            assert_eq!(bytes, text, "decompressed text");
+            result.decode[i - 1].push(secs);
+        }
+        for (i, fs) in files.iter().enumerate() {
+            let (got, secs) = timed(|| {
+                runtime.block_on(async {
+                    let mut n = 0;
+                    for f in fs {
+                        let options = ExtractOptions::default();
+                        let mut r = PlayReader::open(f, &options).await.expect("open");
+                        while r.next().await.expect("read").is_some() {}
+                        n += r.counts().plays;
+                    }
+                    n
+                })
+            });
+            assert_eq!(got, plays, "PlayReader plays");
+            result.reader[i].push(secs);
+        }
+    }
+    let _ = std::fs::remove_dir_all(data.work.join("compressed-ingest"));
+    result
+}
+
+impl CompressedResult {
+    /// Median plays/s of `sparkify ingest` on form `i` (0 plain, 1 gzip, 2 zstd).
+    pub fn ingest_plays_per_sec(&self, i: usize) -> f64 {
+        median(
+            &self.ingest[i]
+                .iter()
+                .map(|r| r.plays_per_sec)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// The decoder's ceiling in plays/s: form `i` (1 gzip, 2 zstd) decompressed to nowhere.
+    pub fn decode_plays_per_sec(&self, i: usize) -> f64 {
+        self.plays as f64 / median(&self.decode[i - 1])
+    }
+
+    /// The issue's yardstick for gzip: the plain rate or the decoder's ceiling, the higher.
+    pub fn gzip_limit(&self) -> f64 {
+        self.ingest_plays_per_sec(0)
+            .max(self.decode_plays_per_sec(1))
+    }
 }
 
 const SHAPE_HEADER: &str = "artist,auth,firstName,gender,itemInSession,lastName,length,level,location,method,page,registration,sessionId,song,status,ts,userId";
@@ -1730,6 +1904,79 @@ impl Report {
                     .map(|(k, s)| format!("{} ({s:.2} s)", mib(*k)))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ));
+        }
+        if let Some(c) = &self.compressed {
+            let (plain, gz, zst) = (
+                c.ingest_plays_per_sec(0),
+                c.ingest_plays_per_sec(1),
+                c.ingest_plays_per_sec(2),
+            );
+            let mb = |b: u64| b as f64 / 1e6;
+            let what = format!(
+                "{} events in {} files ({} song plays)",
+                thousands(c.rows),
+                c.files,
+                thousands(c.plays)
+            );
+            t.push_str(&format!(
+                "| 6 compressed | `sparkify ingest`, {what} as `.csv.zst` ({:.0} MB; {:.0} MB of \
+                 text), fresh store | {} | plain CSV, same events, same rounds: {}; zstd \
+                 decoder alone (the same bytes to nowhere): {} | {:.2} | ≥ 0.8 × plain | {} |\n",
+                mb(c.bytes[2]),
+                mb(c.bytes[0]),
+                rate(zst, "plays"),
+                rate(plain, "plays"),
+                rate(c.decode_plays_per_sec(2), "plays"),
+                zst / plain,
+                yes(zst >= 0.8 * plain)
+            ));
+            t.push_str(&format!(
+                "| 6 compressed | `sparkify ingest`, the same as `.csv.gz` ({:.0} MB) | {} | \
+                 gzip decoder alone: {}; max(plain, decoder): {} | {:.2} (to plain: {:.2}) | \
+                 ≥ 0.8 × max(plain, gzip decoder) | {} |\n",
+                mb(c.bytes[1]),
+                rate(gz, "plays"),
+                rate(c.decode_plays_per_sec(1), "plays"),
+                rate(c.gzip_limit(), "plays"),
+                gz / c.gzip_limit(),
+                gz / plain,
+                yes(gz >= 0.8 * c.gzip_limit())
+            ));
+            let reader = |i: usize| rate(c.plays as f64 / median(&c.reader[i]), "plays");
+            t.push_str(&format!(
+                "| | `PlayReader` alone over the same files: plain / gzip / zstd | {} / {} / {} \
+                 | | | | |\n",
+                reader(0),
+                reader(1),
+                reader(2)
+            ));
+            let ingest = |i: usize| {
+                c.ingest[i]
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} ({:.2} s)",
+                            rate(r.plays_per_sec, "plays"),
+                            r.elapsed_secs
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let secs = |v: &[f64]| list(v, |s| format!("{s:.3} s"));
+            runs.push_str(&format!(
+                "- compressed, {} events: ingest plain {}; gzip {}; zstd {}; decoder alone gzip \
+                 {}, zstd {}; PlayReader plain {}, gzip {}, zstd {}\n",
+                thousands(c.rows),
+                ingest(0),
+                ingest(1),
+                ingest(2),
+                secs(&c.decode[0]),
+                secs(&c.decode[1]),
+                secs(&c.reader[0]),
+                secs(&c.reader[1]),
+                secs(&c.reader[2]),
             ));
         }
         format!("{t}\nRuns:\n{runs}")

@@ -75,12 +75,22 @@ fn every_part_of_the_benchmark_suite_runs_at_tiny_sizes() {
         assert!(m.peak_kib() > 0 && m.bound_kib > m.peak_kib(), "{m:?}");
     }
 
+    let c = report.compressed.as_ref().expect("compressed part");
+    assert!(c.plays > 0 && c.bytes[0] > c.bytes[1] && c.bytes[0] > c.bytes[2]);
+    for i in 0..3 {
+        assert_eq!(c.ingest[i].len(), plan.repeat);
+        assert!(c.ingest[i].iter().all(|r| r.plays == c.plays));
+        assert!(c.ingest_plays_per_sec(i) > 0.0 && !c.reader[i].is_empty());
+    }
+    assert!(c.decode_plays_per_sec(1) > 0.0 && c.decode_plays_per_sec(2) > 0.0);
+
     for heading in [
         "1 extract",
         "2 embedded",
         "3 cassandra",
         "4 daemon",
         "5 memory",
+        "6 compressed",
         "Runs:",
     ] {
         assert!(table.contains(heading), "{heading} missing from\n{table}");
