@@ -727,10 +727,12 @@ enum Source {
 
 impl Source {
     fn new(file: BlockingFile, codec: Codec, bound: u64) -> Source {
-        let input = tokio::io::BufReader::with_capacity(COMPRESSED_BUFFER_BYTES, file);
+        // Only a decoder needs the buffer ahead of it; a plain file goes to the parser as it is.
+        let buffered = |file| tokio::io::BufReader::with_capacity(COMPRESSED_BUFFER_BYTES, file);
         match codec {
-            Codec::None => Source::Plain(input.into_inner()),
+            Codec::None => Source::Plain(file),
             Codec::Gzip => {
+                let input = buffered(file);
                 let mut d = async_compression::tokio::bufread::GzipDecoder::new(input);
                 // Otherwise the decoder stops after the first member and the rest of a
                 // concatenated file (`cat a.gz b.gz`, pigz, rotated logs) is lost silently.
@@ -738,6 +740,7 @@ impl Source {
                 Source::Gzip(Decompressing::new(d, codec, bound))
             }
             Codec::Zstd => {
+                let input = buffered(file);
                 let mut d = async_compression::tokio::bufread::ZstdDecoder::with_params(
                     input,
                     &[async_compression::zstd::DParameter::window_log_max(

@@ -66,6 +66,12 @@ fn settings_that_cannot_work_are_refused_before_any_work() {
             "`embedded.path` is \":memory:\"",
         ),
         ("embedded.path", &folder, "a folder"),
+        // Matches no name: `ingest DIR` once read nothing and exited 0.
+        (
+            "watch.pattern",
+            "",
+            "`watch.pattern` is \"\"; expected a file-name glob such as *.csv",
+        ),
         (
             "telemetry.log_level",
             "loud",

@@ -120,7 +120,10 @@ impl Settings {
                     .into(),
             });
         }
-        if globset::Glob::new(&self.watch.pattern).is_err() {
+        // An empty glob is valid to globset and matches no name: the daemon would watch and
+        // `ingest DIR` would read nothing, both without a word.
+        if self.watch.pattern.trim().is_empty() || globset::Glob::new(&self.watch.pattern).is_err()
+        {
             return Err(ConfigError::Invalid {
                 key: "watch.pattern",
                 problem: format!(
