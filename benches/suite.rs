@@ -713,6 +713,23 @@ fn fresh(work: &Path, name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh run folder `name` under `work` holding the `sparkify.toml` of an embedded-store
+/// ingest: the plan's transaction size, rejects beside it, no endpoint, warnings only.
+fn embedded_run_dir(plan: &Plan, work: &Path, name: &str) -> PathBuf {
+    let dir = fresh(work, name);
+    std::fs::write(
+        dir.join("sparkify.toml"),
+        format!(
+            "[embedded]\npath = \"sparkify.db\"\ntransaction_rows = {}\n\
+             [rejects]\ndir = \"rejects\"\n\
+             [telemetry]\nhttp_addr = \"\"\nlog_format = \"text\"\nlog_level = \"warn\"\n",
+            plan.transaction_rows
+        ),
+    )
+    .expect("config");
+    dir
+}
+
 fn table_len(db: &Path, table: &str) -> u64 {
     let c = rusqlite::Connection::open(db).expect("db");
     c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
@@ -739,17 +756,7 @@ fn embedded(
     // Generated plays each have a key of their own, so each table gets one row per play
     // (listeners_by_song fewer: a user who plays a song twice is one listener).
     for _ in 0..plan.repeat {
-        let dir = fresh(&data.work, "embedded-ingest");
-        std::fs::write(
-            dir.join("sparkify.toml"),
-            format!(
-                "[embedded]\npath = \"sparkify.db\"\ntransaction_rows = {}\n\
-                 [rejects]\ndir = \"rejects\"\n\
-                 [telemetry]\nhttp_addr = \"\"\nlog_format = \"text\"\nlog_level = \"warn\"\n",
-                plan.transaction_rows
-            ),
-        )
-        .expect("config");
+        let dir = embedded_run_dir(plan, &data.work, "embedded-ingest");
         let (run, _) = ingest(plan, &dir, &input, plays, &[]);
         assert_eq!(table_len(&dir.join("sparkify.db"), TABLES[0]), plays);
         result.ingest.push(run);
@@ -866,17 +873,7 @@ fn compressed(plan: &Plan, data: &Data, runtime: &tokio::runtime::Runtime) -> Co
             for f in &files[i] {
                 std::fs::read(f).expect("warm-up");
             }
-            let dir = fresh(&data.work, "compressed-ingest");
-            std::fs::write(
-                dir.join("sparkify.toml"),
-                format!(
-                    "[embedded]\npath = \"sparkify.db\"\ntransaction_rows = {}\n\
-                     [rejects]\ndir = \"rejects\"\n\
-                     [telemetry]\nhttp_addr = \"\"\nlog_format = \"text\"\nlog_level = \"warn\"\n",
-                    plan.transaction_rows
-                ),
-            )
-            .expect("config");
+            let dir = embedded_run_dir(plan, &data.work, "compressed-ingest");
             let (run, _) = ingest(plan, &dir, input, plays, &[]);
             assert_eq!(table_len(&dir.join("sparkify.db"), TABLES[0]), plays);
             result.ingest[i].push(run);

@@ -412,15 +412,6 @@ fn memchr_count(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-fn ingest_json(sb: &Sandbox, args: &[&str]) -> (i32, serde_json::Value, String) {
-    let mut all = vec!["ingest", "--format", "json"];
-    all.extend_from_slice(args);
-    let out = sb.run(&all);
-    let summary = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&out), stderr(&out)));
-    (code(&out), summary, stderr(&out))
-}
-
 #[test]
 fn a_bomb_stays_within_the_memory_bound_and_the_decompressed_size_bound_stops_it() {
     let sb = Sandbox::new();

@@ -126,7 +126,7 @@ impl Prometheus {
                 if p.child.try_wait().unwrap().is_some() {
                     break;
                 }
-                if get10(&p.addr, "/-/ready").0 == 200 {
+                if http_get(&p.addr, "/-/ready").0 == 200 {
                     return p;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -143,7 +143,7 @@ impl Prometheus {
 
     /// `GET path` on the API, as JSON; fails unless Prometheus says `success`.
     fn api(&self, path: &str) -> Value {
-        let (code, body) = get10(&self.addr, path);
+        let (code, body) = http_get(&self.addr, path);
         let v: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("GET {path}: {code} {e}: {body}"));
         assert_eq!(v["status"], "success", "GET {path}: {body}");
@@ -190,29 +190,6 @@ impl Prometheus {
         };
         std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
     }
-}
-
-/// `GET path` over HTTP/1.0, so the answer is never chunked: (status, body); (0, "") when
-/// nothing answers.
-fn get10(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// Percent-encodes a query parameter.
@@ -295,23 +272,14 @@ fn dashboard_queries() -> (Vec<(String, String)>, Vec<String>) {
     (panels, var_queries)
 }
 
-/// `sparkify run` with its store on a 32 MiB `tmpfs` of its own at `<sandbox>/store`.
-fn daemon_on_small_disk(sb: &Sandbox) -> (Daemon, String) {
-    let store = sb.join("store");
-    std::fs::create_dir_all(sb.join("event_data")).unwrap();
-    let mut inner = sb.cmd(&["run"]);
-    inner
-        .env("SPARKIFY_TELEMETRY__LOG_FORMAT", "json")
-        .env("SPARKIFY_TELEMETRY__HTTP_ADDR", "127.0.0.1:0")
-        .env("SPARKIFY_WATCH__DIR", sb.join("event_data"))
-        .env("SPARKIFY_EMBEDDED__PATH", store.join("sparkify.db"));
-    for (k, v) in DAEMON_ENV {
-        inner.env(k, v);
-    }
-    let d = Daemon::spawn(on_small_disk(inner, &store, 32768, false));
-    let addr = d.http_addr();
+/// `sparkify run` with its store on a 32 MiB `tmpfs` of its own, watching, and a Prometheus
+/// that has scraped it once: the daemon, its endpoint's address, Prometheus.
+fn daemon_and_prometheus(sb: &Sandbox) -> (Daemon, String, Prometheus) {
+    let (d, addr) = daemon_on_small_disk(sb, 32768, false);
     d.wait_for_message("Watching folder", LONG);
-    (d, addr)
+    let p = Prometheus::start(&addr);
+    wait_for_first_scrape(&p);
+    (d, addr, p)
 }
 
 /// Drops every file of the sample into the watched folder, the way producers should.
@@ -349,9 +317,7 @@ fn wait_for_sample(p: &Prometheus) {
 #[test]
 fn prometheus_scrapes_the_daemon_and_counts_the_samples_6820_plays_in_every_table() {
     let sb = Sandbox::new();
-    let (d, addr) = daemon_on_small_disk(&sb);
-    let p = Prometheus::start(&addr);
-    wait_for_first_scrape(&p);
+    let (d, addr, p) = daemon_and_prometheus(&sb);
     drop_sample(&sb);
     wait_for_sample(&p);
 
@@ -419,9 +385,7 @@ fn every_panel_of_the_grafana_dashboard_returns_data_from_a_live_prometheus() {
     let (panels, var_queries) = dashboard_queries();
     assert!(panels.len() >= 14, "{panels:?}");
     let sb = Sandbox::new();
-    let (d, addr) = daemon_on_small_disk(&sb);
-    let p = Prometheus::start(&addr);
-    wait_for_first_scrape(&p);
+    let (d, addr, p) = daemon_and_prometheus(&sb);
     drop_sample(&sb);
     wait_for_sample(&p);
 
@@ -485,9 +449,7 @@ fn every_panel_of_the_grafana_dashboard_returns_data_from_a_live_prometheus() {
 #[test]
 fn a_full_disk_under_the_embedded_store_makes_store_down_pending_and_space_back_clears_it() {
     let sb = Sandbox::new();
-    let (d, addr) = daemon_on_small_disk(&sb);
-    let p = Prometheus::start(&addr);
-    wait_for_first_scrape(&p);
+    let (d, addr, p) = daemon_and_prometheus(&sb);
     // One file loads; then the disk fills and the next file cannot be written. (One file
     // only: SQLite reuses the space of its write-ahead log once a checkpoint has run, which
     // a long load makes likely, and writes into reused space do not fail.)

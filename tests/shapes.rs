@@ -17,16 +17,6 @@ fn row(session: u32, item: u32) -> String {
     )
 }
 
-/// `sparkify ingest --format json ARGS` in the sandbox: exit code and summary.
-fn ingest(sb: &Sandbox, args: &[&str]) -> (i32, serde_json::Value, String) {
-    let mut all = vec!["ingest", "--format", "json"];
-    all.extend_from_slice(args);
-    let out = sb.run(&all);
-    let summary = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&out), stderr(&out)));
-    (code(&out), summary, stderr(&out))
-}
-
 fn peak_mib(summary: &serde_json::Value) -> f64 {
     summary["peak_rss_kib"].as_u64().expect("peak_rss_kib") as f64 / 1024.0
 }
@@ -45,7 +35,7 @@ fn rows_of_commas_are_rejected_and_memory_stays_bounded() {
     writeln!(f, "{}", row(1, 1)).unwrap();
     drop(f);
 
-    let (code, summary, log) = ingest(&sb, &["in"]);
+    let (code, summary, log) = ingest_json(&sb, &["in"]);
     assert_eq!(code, 0, "{log}");
     assert_eq!(summary["plays"], 2, "{summary}");
     assert_eq!(summary["rejected"], 300, "{summary}");
@@ -77,7 +67,7 @@ fn a_header_of_a_million_columns_fails_its_file_with_the_reason() {
     .unwrap();
 
     // 2 MB of header is over extract.max_record_bytes to begin with.
-    let (code, summary, log) = ingest(&sb, &["in"]);
+    let (code, summary, log) = ingest_json(&sb, &["in"]);
     assert_eq!(code, 1, "{log}");
     assert_eq!(summary["failed"], 1, "{summary}");
     assert!(
@@ -85,7 +75,7 @@ fn a_header_of_a_million_columns_fails_its_file_with_the_reason() {
         "{log}"
     );
     // With room for so long a line, the column count is what stops it.
-    let (code, summary, log) = ingest(
+    let (code, summary, log) = ingest_json(
         &sb,
         &["--set", "extract.max_record_bytes=8388608", "--force", "in"],
     );
@@ -110,7 +100,7 @@ fn a_header_at_the_column_bound_loads() {
         text.push_str(&format!("{}{values}\n", row(1, i)));
     }
     std::fs::write(sb.join("in/wide_header.csv"), text).unwrap();
-    let (code, summary, log) = ingest(&sb, &["in"]);
+    let (code, summary, log) = ingest_json(&sb, &["in"]);
     assert_eq!(code, 0, "{log}");
     assert_eq!(summary["plays"], 50, "{summary}");
     assert_eq!(summary["rejected"], 0, "{summary}");
@@ -128,7 +118,7 @@ fn peak_for_tiny_files(n: u32) -> f64 {
         )
         .unwrap();
     }
-    let (code, summary, log) = ingest(&sb, &["in"]);
+    let (code, summary, log) = ingest_json(&sb, &["in"]);
     assert_eq!(code, 0, "{log}");
     assert_eq!(summary["loaded"], n, "{summary}");
     assert_eq!(summary["plays"], 5 * n, "{summary}");

@@ -278,16 +278,9 @@ fn query_and_status_work_on_a_read_only_database_and_a_read_only_copy() {
                 c.env("SPARKIFY_EMBEDDED__PATH", file);
                 c
             };
-            let mut c = Command::new("unshare");
-            c.arg("--user")
-                .arg(inner.get_program())
-                .args(inner.get_args());
-            for (k, v) in inner.get_envs() {
-                match v {
-                    Some(v) => c.env(k, v),
-                    None => c.env_remove(k),
-                };
-            }
+            let mut outer = Command::new("unshare");
+            outer.arg("--user");
+            let mut c = under(outer, &inner);
             c.current_dir(sb.path());
             c.output().unwrap()
         };
@@ -393,28 +386,11 @@ fn ingest_on_a_full_disk_gives_up_after_give_up_secs_with_exit_3() {
     assert_eq!(count("loaded") + count("abandoned"), 30, "{files}");
 }
 
-/// `sparkify run` on a small disk at `<sandbox>/store`, the endpoint on a free port.
-fn daemon_on_small_disk(sb: &Sandbox, fill: bool) -> (Daemon, String) {
-    let store = sb.join("store");
-    let mut inner = sb.cmd(&["run"]);
-    inner
-        .env("SPARKIFY_TELEMETRY__LOG_FORMAT", "json")
-        .env("SPARKIFY_TELEMETRY__HTTP_ADDR", "127.0.0.1:0")
-        .env("SPARKIFY_WATCH__DIR", sb.join("event_data"))
-        .env("SPARKIFY_EMBEDDED__PATH", store.join("sparkify.db"));
-    for (k, v) in DAEMON_ENV {
-        inner.env(k, v);
-    }
-    let d = Daemon::spawn(on_small_disk(inner, &store, 4096, fill));
-    let addr = d.http_addr();
-    (d, addr)
-}
-
 #[test]
 fn sparkify_store_up_is_0_from_start_up_when_the_store_cannot_be_opened() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.join("event_data")).unwrap();
-    let (d, addr) = daemon_on_small_disk(&sb, true);
+    let (d, addr) = daemon_on_small_disk(&sb, 4096, true);
     wait_until("a failed open", LONG, || {
         !d.messages("Store unreachable; retrying").is_empty()
     });
@@ -439,7 +415,7 @@ fn sparkify_store_up_is_0_from_start_up_when_the_store_cannot_be_opened() {
 fn a_daemon_whose_writes_fail_on_a_full_disk_is_not_ready_and_resumes_when_space_returns() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.join("event_data")).unwrap();
-    let (d, addr) = daemon_on_small_disk(&sb, false);
+    let (d, addr) = daemon_on_small_disk(&sb, 4096, false);
     d.wait_for_message("Watching folder", LONG);
     wait_until("ready", LONG, || get(&addr, "/readyz").0 == 200);
     assert_eq!(metric(&addr, "sparkify_store_up"), Some(1.0));

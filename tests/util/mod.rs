@@ -438,7 +438,8 @@ pub fn assert_tables_eq(
     }
 }
 
-/// `GET path` on a daemon's endpoint: (status code, body); (0, "") when nothing answers.
+/// `GET path` over HTTP/1.0, so that no server (the daemon's endpoint, Prometheus' API) answers
+/// in chunks: (status code, body); (0, "") when nothing answers.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
@@ -446,10 +447,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     };
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     let code = text
@@ -490,19 +488,54 @@ pub fn on_small_disk(inner: Command, dir: &Path, kib: u32, fill: bool) -> Comman
         &script,
         "sh",
     ])
-    .arg(dir)
-    .arg(inner.get_program())
-    .args(inner.get_args());
+    .arg(dir);
+    under(c, &inner)
+}
+
+/// `inner` run by `outer` (`unshare …`, `sh -c … sh`): its program and arguments appended to
+/// `outer`'s, its environment changes and working folder carried over.
+pub fn under(mut outer: Command, inner: &Command) -> Command {
+    outer.arg(inner.get_program()).args(inner.get_args());
     for (k, v) in inner.get_envs() {
         match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
+            Some(v) => outer.env(k, v),
+            None => outer.env_remove(k),
         };
     }
     if let Some(d) = inner.get_current_dir() {
-        c.current_dir(d);
+        outer.current_dir(d);
     }
-    c
+    outer
+}
+
+/// `sparkify run` with its embedded store on a `tmpfs` of `kib` KiB of its own at
+/// `<sandbox>/store` (filled first with `fill`), JSON logs, the endpoint on a free port:
+/// the daemon and its endpoint's address.
+pub fn daemon_on_small_disk(sb: &Sandbox, kib: u32, fill: bool) -> (Daemon, String) {
+    let store = sb.join("store");
+    std::fs::create_dir_all(sb.join("event_data")).unwrap();
+    let mut inner = sb.cmd(&["run"]);
+    inner
+        .env("SPARKIFY_TELEMETRY__LOG_FORMAT", "json")
+        .env("SPARKIFY_TELEMETRY__HTTP_ADDR", "127.0.0.1:0")
+        .env("SPARKIFY_WATCH__DIR", sb.join("event_data"))
+        .env("SPARKIFY_EMBEDDED__PATH", store.join("sparkify.db"));
+    for (k, v) in DAEMON_ENV {
+        inner.env(k, v);
+    }
+    let d = Daemon::spawn(on_small_disk(inner, &store, kib, fill));
+    let addr = d.http_addr();
+    (d, addr)
+}
+
+/// `sparkify ingest --format json ARGS` in the sandbox: exit code, summary, standard error.
+pub fn ingest_json(sb: &Sandbox, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut all = vec!["ingest", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = sb.run(&all);
+    let summary = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {} / {}", stdout(&out), stderr(&out)));
+    (code(&out), summary, stderr(&out))
 }
 
 /// Runs a shell line in the mount namespace of process `pid` (absolute paths only).
